@@ -2,7 +2,9 @@
 
 Every quantity in prm that averages over tokens (losses, advantages, metrics) goes through these,
 so "what does an all-masked row give" has one answer: reductions over an empty mask return 0
-(never NaN), and `masked_whiten` leaves masked positions at 0.
+(never NaN), and `masked_whiten` leaves masked positions at 0. Masked entries are selected away,
+not multiplied by 0, so a NaN or ±inf under the mask (padding log-probs, unused rewards) never
+reaches the result.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import chex
 import jax.numpy as jnp
 
 
-def _as_float_mask(values: chex.Array, mask: chex.Array) -> chex.Array:
+def _masked_values(values: chex.Array, mask: chex.Array) -> chex.Array:
     chex.assert_equal_shape([values, mask])
-    return mask.astype(values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32)
+    return jnp.where(mask.astype(bool), values, jnp.zeros((), values.dtype))
 
 
 def masked_sum(values: chex.Array, mask: chex.Array, axis=None) -> chex.Array:
-    """Σ values·mask over `axis`."""
-    return jnp.sum(values * _as_float_mask(values, mask), axis=axis)
+    """Σ values over the unmasked entries along `axis`."""
+    return jnp.sum(_masked_values(values, mask), axis=axis)
 
 
 def masked_count(mask: chex.Array, axis=None) -> chex.Array:
@@ -51,14 +53,16 @@ def masked_whiten(
     mask: chex.Array,
     shift_mean: bool = True,
     eps: float = 1e-8,
+    ddof: int = 0,
 ) -> chex.Array:
     """(x − mean) / sqrt(var + eps) over all unmasked entries; masked positions become 0.
 
     Whitening as in PPO implementations (e.g. GAE advantages); `shift_mean=False` only rescales
-    (keeps the mean), the variant used to whiten rewards without changing their sign.
+    (keeps the mean), the variant used to whiten rewards without changing their sign. verl's
+    `masked_whiten` (used by PRIME and Search-R1 PPO) takes the unbiased variance: `ddof=1`.
     """
     mean = masked_mean(values, mask)
-    var = masked_var(values, mask)
+    var = masked_var(values, mask, ddof=ddof)
     whitened = (values - mean) * jnp.reciprocal(jnp.sqrt(var + eps))
     if not shift_mean:
         whitened = whitened + mean
