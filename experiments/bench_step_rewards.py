@@ -1,0 +1,82 @@
+"""Benchmark: per-step segment sums of token rewards (`prm.rewards.implicit.step_rewards`).
+
+Compares prm's single scatter-add (`jax.ops.segment_sum` over flattened rows) against two
+peers on the same inputs: a compare-select-reduce over a [B, S, T] comparison and a one-hot
+matmul at HIGHEST precision (both O(B·S·T); prm is O(B·T)). Prints the best time per call
+(the minimum over repeats, the figure least disturbed by other processes on a shared machine)
+and each peer's time as a ratio of prm's.
+
+    .venv/bin/python -m experiments.bench_step_rewards --batch=64 --tokens=2048 --steps=32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prm.rewards import implicit
+
+
+def compare_reduce_peer(rewards, step_id, num_steps):
+    in_step = step_id[..., None, :] == jnp.arange(num_steps, dtype=step_id.dtype)[:, None]
+    return jnp.sum(jnp.where(in_step, rewards[..., None, :], 0.0), axis=-1)
+
+
+def one_hot_peer(rewards, step_id, num_steps):
+    one_hot = jax.nn.one_hot(step_id, num_steps, dtype=rewards.dtype)
+    return jnp.einsum("bt,bts->bs", rewards, one_hot, precision=jax.lax.Precision.HIGHEST)
+
+
+def prm_step_rewards(rewards, step_id, num_steps):
+    return implicit.step_rewards(rewards, step_id, num_steps)[0]
+
+
+def best_seconds(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    rewards = jnp.asarray(rng.normal(size=(args.batch, args.tokens)), jnp.float32)
+    # Contiguous steps of random length after a prompt, as a real step_id looks.
+    boundaries = np.sort(rng.integers(0, args.tokens, size=(args.batch, args.steps)), axis=-1)
+    step_id = np.searchsorted(boundaries[0], np.arange(args.tokens)) - 1
+    step_id = jnp.asarray(np.broadcast_to(step_id, (args.batch, args.tokens)), jnp.int32)
+
+    candidates = {
+        "prm (segment_sum)": prm_step_rewards,
+        "compare-select-reduce": compare_reduce_peer,
+        "one-hot einsum (HIGHEST)": one_hot_peer,
+    }
+    jitted = {name: jax.jit(fn, static_argnums=2) for name, fn in candidates.items()}
+    reference = np.asarray(jitted["compare-select-reduce"](rewards, step_id, args.steps))
+    timings = {}
+    for name, fn in jitted.items():
+        np.testing.assert_allclose(fn(rewards, step_id, args.steps), reference, atol=1e-3)
+        timings[name] = best_seconds(fn, rewards, step_id, args.steps, repeats=args.repeats)
+
+    print(f"backend={jax.default_backend()} B={args.batch} T={args.tokens} S={args.steps}")
+    base = timings["prm (segment_sum)"]
+    for name, seconds in timings.items():
+        print(f"{name:30s} {seconds * 1e3:9.3f} ms   ratio to prm {seconds / base:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
