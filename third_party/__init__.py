@@ -1,0 +1,1 @@
+"""Adapters for the protocols and schemas of external projects prm interoperates with."""

@@ -1,0 +1,34 @@
+"""Search-R1 (PeterGriffinJin/Search-R1 at a14dc3a) interfaces prm speaks; see README.md here.
+
+`retriever`: the `POST /retrieve` protocol. `data`: the parquet data schema.
+"""
+
+from third_party.search_r1.retriever import (
+    DEFAULT_LIMITS,
+    DEFAULT_TOPK,
+    UPSTREAM_COMMIT,
+    UPSTREAM_REPOSITORY,
+    RequestError,
+    RequestLimits,
+    ResponseError,
+    RetrieveRequest,
+    build_response,
+    decode_json,
+    parse_request,
+    parse_response,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TOPK",
+    "UPSTREAM_COMMIT",
+    "UPSTREAM_REPOSITORY",
+    "RequestError",
+    "RequestLimits",
+    "ResponseError",
+    "RetrieveRequest",
+    "build_response",
+    "decode_json",
+    "parse_request",
+    "parse_response",
+]
