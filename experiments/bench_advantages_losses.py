@@ -1,6 +1,6 @@
 """Benchmarks for prm.advantages / prm.losses against peers, printed as ratios in one run.
 
-  .venv/bin/python experiments/bench_advantages_losses.py
+  .venv/bin/python -m experiments.bench_advantages_losses
 
 GAE: prm's jitted reverse lax.scan vs (a) the same recurrence as a log-depth associative scan
 in JAX and (b) a per-timestep torch loop shaped like verl's `compute_gae_advantage_return`.
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from experiments.benchmarking import best_seconds
 from prm.advantages import generalized_advantage_estimation
 from prm.losses import token_entropy
 
@@ -43,16 +44,6 @@ def associative_gae(rewards, values, mask, gamma, lam):
     return advantages * keep
 
 
-def timeit(fn, *args, n=10):
-    out = fn(*args)
-    jax.block_until_ready(out)
-    start = time.perf_counter()
-    for _ in range(n):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / n
-
-
 def torch_gae(rewards, values, mask, gamma, lam):
     # per-timestep loop over [B] vectors, skipping masked tokens
     batch, length = rewards.shape
@@ -78,7 +69,8 @@ def bench_gae():
         args = (jnp.asarray(r), jnp.asarray(v), jnp.asarray(m))
         ours = jax.jit(functools.partial(generalized_advantage_estimation, gamma=0.99, lam=0.95))
         assoc = jax.jit(functools.partial(associative_gae, gamma=0.99, lam=0.95))
-        t_ours, t_assoc = timeit(ours, *args), timeit(assoc, *args)
+        t_ours = best_seconds(ours, *args, repeats=10)
+        t_assoc = best_seconds(assoc, *args, repeats=10)
         targs = (torch.from_numpy(r), torch.from_numpy(v), torch.from_numpy(m))
         start = time.perf_counter()
         expected = torch_gae(*targs, 0.99, 0.95)
@@ -114,7 +106,7 @@ def bench_entropy():
         grad_fn = jax.jit(jax.value_and_grad(lambda z, f=fn: f(z, mask).sum()))
         compiled = grad_fn.lower(logits).compile()
         temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-        seconds = timeit(grad_fn, logits, n=3)
+        seconds = best_seconds(grad_fn, logits, repeats=3)
         base = base or (seconds, temp)
         print(
             f"  {name:16s}: {seconds * 1e3:7.1f} ms ({seconds / base[0]:.2f}x naive), "

@@ -12,12 +12,12 @@ and each peer's time as a ratio of prm's.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarking import best_seconds
 from prm.rewards import implicit
 
 
@@ -33,16 +33,6 @@ def one_hot_peer(rewards, step_id, num_steps):
 
 def prm_step_rewards(rewards, step_id, num_steps):
     return implicit.step_rewards(rewards, step_id, num_steps)[0]
-
-
-def best_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -17,7 +17,11 @@ from typing import Any
 
 # Modules whose import registers components. Kept explicit (not a package walk) so the set of
 # registered names is greppable and import side effects stay predictable.
-REGISTERING_MODULES: list[str] = []
+REGISTERING_MODULES: list[str] = [
+    "prm.data.demonstrations",
+    "prm.data.toy",
+    "prm.trainers.sft",
+]
 
 
 class Registry:

@@ -1,0 +1,116 @@
+"""Shared config pieces: the option parser and the default blocks every experiment starts from.
+
+A config file defines `get_config(arg=None)`; `arg` is the text after the colon in
+`--config=configs/toy.py:smoke,model=tiny` and carries options that change several fields at
+once. Single fields are overridden with `--config.optim.lr=3e-4`. Every config is locked, so a
+misspelt key is an error listing the valid keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from prm.training.lora import ALL_LINEAR
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+    """Parses `"smoke,model=tiny,seed=3"` into typed options with defaults from `spec`.
+
+    A bare name sets a bool option to True; `name=value` is converted to the type of the
+    default. Unknown names raise one error listing the valid options.
+    """
+    options = dict(spec)
+    for item in filter(None, (arg or "").split(",")):
+        name, eq, raw = item.partition("=")
+        name = name.strip()
+        if name not in spec:
+            raise ValueError(
+                f"Unknown config option {name!r}; valid options are "
+                f"{', '.join(f'{k}={v!r}' for k, v in sorted(spec.items()))}."
+            )
+        default = spec[name]
+        if not eq:
+            if not isinstance(default, bool):
+                raise ValueError(f"Config option {name!r} needs a value: {name}=<value>.")
+            options[name] = True
+        elif isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"Config option {name!r} is a bool; got {raw!r}.")
+            options[name] = raw.lower() in ("true", "1")
+        else:
+            options[name] = type(default)(raw)
+    return ml_collections.ConfigDict(options)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults for every run; experiment configs override what differs."""
+    c = ml_collections.ConfigDict()
+    c.trainer = "sft"
+    c.seed = 0
+    c.total_steps = 1000
+    c.log_every = 1
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 3
+    c.eval_every = 0  # 0: no evaluation during training
+    c.progress = True  # tqdm bar on the console
+    c.export_hf = True  # write workdir/hf (LoRA merged) at the end of training
+    c.multihost = False  # jax.distributed.initialize() (TPU pod slices)
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # (regex over dotted param path, partition spec); empty: prm.training.sharding.DEFAULT_RULES.
+    c.sharding_rules = ()
+
+    c.model = model_config("qwen3")
+    c.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 64.0, "targets": ALL_LINEAR})
+    c.optim = ml_collections.ConfigDict(
+        {
+            "lr": 1e-6,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 0.01,
+            "schedule": "constant",
+            "warmup_steps": 0,
+            "min_lr_ratio": 0.0,
+            "grad_clip_norm": 1.0,
+            "freeze": (),
+        }
+    )
+    c.data = ml_collections.ConfigDict({"name": "toy_repeat"})
+    c.eval = ml_collections.ConfigDict({"num_batches": 4})
+    return c
+
+
+# Random-init model sizes for tests and toy runs; real runs set `model.init_from`.
+MODEL_SIZES = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                 intermediate_size=128),
+    "small": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32,
+                  intermediate_size=768),
+}  # fmt: skip
+
+
+def model_config(
+    family: str, size: str = "tiny", vocab_size: int = 64, init_from: str = ""
+) -> ml_collections.ConfigDict:
+    """The `model` block: `ModelConfig` fields, plus `init_from` (an HF dir; "" = random init)."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"Unknown model size {size!r}; valid sizes are {sorted(MODEL_SIZES)}.")
+    return ml_collections.ConfigDict(
+        {
+            "init_from": init_from,
+            "family": family,
+            "vocab_size": vocab_size,
+            **MODEL_SIZES[size],
+            "rope_theta": 10_000.0,
+            "rms_norm_eps": 1e-6,
+            "attention_bias": family == "qwen2",
+            "qk_norm": family == "qwen3",
+            "tie_word_embeddings": False,
+            "dtype": "float32",
+            "param_dtype": "float32",
+            "max_position_embeddings": 4096,
+        }
+    )

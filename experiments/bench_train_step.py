@@ -1,0 +1,231 @@
+"""Train-step throughput: prm's shared RL update vs google-tunix's GRPO step, same model and batch.
+
+    python -m experiments.bench_train_step
+    python -m experiments.bench_train_step --repeats=5 --steps=10 \\
+        --tunix_python=/root/.cache/prm/bench-tunix/bin/python
+
+prm side: the loop's jitted, donated train step (`prm.training.loop.make_train_step`) with
+`prm.training.policy_step.policy_loss` (PPO clip ε=0.2 + dual clip 3, k3 KL β=0.001, token-mean,
+entropy logged). tunix side (0.1.7, run in its own venv in a subprocess because importing tunix
+flips a flax global): `PeftTrainer.jit_train_and_eval_step(cache_nnx_graph=True)`, the step
+tunix's RL trainer runs, with `grpo_loss_fn` configured alike (β=0.001 `low_var_kl`,
+ε=0.2, dual clip 3, token-mean; it always computes entropy). Both: a Qwen3-style decoder of the
+same shape in float32, AdamW after global-norm clipping, one update per step.
+
+Timing: after 2 warm-up (compile) steps, each step is timed to `block_until_ready`; a round's
+time is the median of `steps` steps. The two sides alternate rounds (the tunix process waits
+while prm runs and vice versa), so a shared, noisy machine loads both alike; the reported
+number is each side's best round. tokens/s = batch × (prompt + completion) / step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SHAPE = dict(num_layers=4, vocab_size=4096, hidden_size=256, num_heads=8, num_kv_heads=4,
+             head_dim=32, intermediate_size=768, rope_theta=1_000_000.0, rms_norm_eps=1e-6)  # fmt: skip
+BATCH, PROMPT, COMPLETION = 16, 32, 96
+BETA, EPSILON, DUAL_CLIP, LR = 0.001, 0.2, 3.0, 1e-6
+
+
+def _synthetic(seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(2, SHAPE["vocab_size"], (BATCH, PROMPT), dtype=np.int32)
+    completion = rng.integers(2, SHAPE["vocab_size"], (BATCH, COMPLETION), dtype=np.int32)
+    advantages = rng.normal(size=(BATCH,)).astype(np.float32)
+    old = -rng.uniform(7.0, 9.0, (BATCH, COMPLETION)).astype(np.float32)
+    ref = -rng.uniform(7.0, 9.0, (BATCH, COMPLETION)).astype(np.float32)
+    return prompt, completion, advantages, old, ref
+
+
+def _median_step(step, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _register_policy_update_trainer() -> None:
+    from prm.registry import TRAINERS
+    from prm.training.policy_step import PolicyLossConfig, policy_loss
+    from prm.training.trainer import Trainer
+
+    loss_config = PolicyLossConfig(
+        clip_eps_low=EPSILON, clip_ratio_c=DUAL_CLIP, kl_coef=BETA, kl_estimator="k3"
+    )
+
+    @TRAINERS.register("bench_policy_update")
+    class _PolicyUpdate(Trainer):
+        def loss(self, model, batch, rng):
+            return policy_loss(model, batch, loss_config)
+
+        def evaluate(self, model, step):
+            return {}
+
+
+def prm_step():
+    """prm's warmed-up (compiled) train step as a no-argument callable."""
+    import jax
+    import numpy as np
+
+    from configs.common import base_config
+    from prm.registry import TRAINERS
+    from prm.training.loop import build_run, make_train_step
+    from prm.training.sharding import global_batch
+
+    if "bench_policy_update" not in TRAINERS:
+        _register_policy_update_trainer()
+    config = base_config()
+    config.trainer = "bench_policy_update"
+    config.model.update(SHAPE)
+    config.optim.lr = LR
+    config.data = dict(name="toy_repeat", batch_size=BATCH, seq_len=8, vocab_size=8)
+    prompt, completion, advantages, old, ref = _synthetic()
+    pad = np.zeros((BATCH, PROMPT), np.float32)
+    host_batch = {
+        "tokens": np.concatenate([prompt, completion], axis=1),
+        "loss_mask": np.concatenate([pad, np.ones((BATCH, COMPLETION), np.float32)], axis=1),
+        "advantages": np.repeat(advantages[:, None], PROMPT + COMPLETION, axis=1),
+        "old_logprobs": np.concatenate([pad, old], axis=1),
+        "ref_logprobs": np.concatenate([pad, ref], axis=1),
+    }
+    run = build_run(config, tempfile.mkdtemp())
+    run.checkpointer.close()
+    with jax.set_mesh(run.mesh):
+        batch = global_batch(host_batch, run.mesh)
+    train_step = make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
+
+    def step():
+        with jax.set_mesh(run.mesh):
+            run.state, metrics = train_step(run.state, run.frozen, batch)
+        jax.block_until_ready(metrics)
+
+    for _ in range(2):
+        step()
+    return step
+
+
+def tunix_step():
+    """tunix's warmed-up (compiled) GRPO train step as a no-argument callable."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+    from tunix.models.qwen3 import model as qwen3
+    from tunix.rl.algo_core import grpo_loss_fn
+    from tunix.rl.common import TrainExample
+    from tunix.rl.grpo.grpo_learner import GRPOConfig
+    from tunix.sft import peft_trainer
+
+    model_config = qwen3.ModelConfig(
+        num_layers=SHAPE["num_layers"],
+        vocab_size=SHAPE["vocab_size"],
+        embed_dim=SHAPE["hidden_size"],
+        hidden_dim=SHAPE["intermediate_size"],
+        num_heads=SHAPE["num_heads"],
+        head_dim=SHAPE["head_dim"],
+        num_kv_heads=SHAPE["num_kv_heads"],
+        rope_theta=int(SHAPE["rope_theta"]),
+        norm_eps=SHAPE["rms_norm_eps"],
+    )
+    model = qwen3.Qwen3(model_config, rngs=nnx.Rngs(0))
+    algo = GRPOConfig(
+        num_generations=4,
+        beta=BETA,
+        kl_loss_mode="low_var_kl",
+        epsilon=EPSILON,
+        loss_agg_mode="token-mean",
+    )
+    algo.temperature = 1.0
+    algo.epsilon_c = DUAL_CLIP
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(LR, weight_decay=0.01))
+    trainer = peft_trainer.PeftTrainer(
+        model, tx, peft_trainer.TrainingConfig(eval_every_n_steps=10**9)
+    )
+    trainer.with_loss_fn(
+        lambda model, train_example: grpo_loss_fn(model, train_example, algo, 0, 1),
+        has_aux=True,
+    )
+    train_step, _ = trainer.jit_train_and_eval_step(cache_nnx_graph=True)
+    prompt, completion, advantages, old, ref = _synthetic()
+    example = TrainExample(
+        prompt_ids=jnp.asarray(prompt),
+        prompt_mask=jnp.ones_like(jnp.asarray(prompt)),
+        completion_ids=jnp.asarray(completion),
+        completion_mask=jnp.ones((BATCH, COMPLETION), jnp.float32),
+        advantages=jnp.asarray(advantages),
+        ref_per_token_logps=jnp.asarray(ref),
+        old_per_token_logps=jnp.asarray(old),
+    )
+    import jax
+
+    def step():
+        jax.block_until_ready(train_step({"train_example": example}))
+
+    for _ in range(2):
+        step()
+    return step
+
+
+def tunix_worker(steps: int) -> None:
+    """Runs in the tunix venv: one timed round per line read from stdin."""
+    step = tunix_step()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(json.dumps({"step_s": _median_step(step, steps)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per side")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--tunix_worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tunix_python", default=os.path.expanduser("~/.cache/prm/bench-tunix/bin/python")
+    )
+    args = parser.parse_args()
+    if args.tunix_worker:
+        tunix_worker(args.steps)
+        return
+    worker = subprocess.Popen(
+        [args.tunix_python, __file__, "--tunix_worker", f"--steps={args.steps}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    step = prm_step()
+    if worker.stdout.readline().strip() != "ready":
+        sys.exit(f"tunix side failed to start (exit code {worker.wait()}); run it alone with "
+                 f"{args.tunix_python} {__file__} --tunix_worker to see why.")  # fmt: skip
+    prm_rounds, tunix_rounds = [], []
+    for _ in range(args.repeats):
+        prm_rounds.append(_median_step(step, args.steps))
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        tunix_rounds.append(json.loads(worker.stdout.readline())["step_s"])
+    worker.stdin.close()
+    worker.wait()
+    prm_s, tunix_s = min(prm_rounds), min(tunix_rounds)
+    tokens = BATCH * (PROMPT + COMPLETION)
+    print(f"model {SHAPE}, batch {BATCH}×({PROMPT}+{COMPLETION}) tokens, float32, CPU")
+    print(f"prm   rounds (ms): {[round(t * 1e3) for t in prm_rounds]}")
+    print(f"tunix rounds (ms): {[round(t * 1e3) for t in tunix_rounds]}")
+    print(f"prm   step {prm_s * 1e3:8.1f} ms  {tokens / prm_s:10.0f} tokens/s")
+    print(f"tunix step {tunix_s * 1e3:8.1f} ms  {tokens / tunix_s:10.0f} tokens/s")
+    print(f"speed-up prm / tunix: {tunix_s / prm_s:.2f}x (best of {args.repeats} rounds × "
+          f"{args.steps} steps, interleaved)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs.toy import get_config
+from prm.models import from_pretrained
+from prm.registry import TRAINERS
+from prm.trainers.sft import SFTTrainer
+from prm.training.checkpoints import Checkpointer, IncompatibleCheckpointError
+from prm.training.loop import build_run, restore, train
+from prm.training.metrics_writer import TIMING_METRICS
+from prm.training.sharding import path_to_str
+
+
+def _smoke(**overrides):
+    config = get_config("smoke")
+    config.export_hf = False
+    config.eval_every = 0
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_METRICS} for line in f
+        ]
+
+
+def _final_state(config, workdir):
+    run = build_run(config, workdir)
+    step = restore(run)
+    run.checkpointer.close()
+    return step, jax.device_get(run.state)
+
+
+def test_crash_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    train(_smoke(), straight)
+
+    original = SFTTrainer.next_batch
+
+    def crash_at_step_8(self, model):
+        if self.data.state()["index"] == 7:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, model)
+
+    monkeypatch.setattr(SFTTrainer, "next_batch", crash_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(_smoke(), split)  # 7 steps logged, last checkpoint at 6
+    assert len(_records(split)) == 7
+    monkeypatch.setattr(SFTTrainer, "next_batch", original)
+    train(_smoke(), split)
+    assert _records(split) == _records(straight)
+    (step_a, state_a), (step_b, state_b) = (
+        _final_state(_smoke(), straight),
+        _final_state(_smoke(), split),
+    )
+    assert step_a == step_b == 12
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(a, b)
+    # The run learns: mean loss over the last 3 steps is below the first step's log(64)≈4.16.
+    losses = [r["loss"] for r in _records(straight)]
+    assert np.mean(losses[-3:]) < losses[0]
+
+
+@TRAINERS.register("test_nan_from_step_5")
+class _NaNTrainer(SFTTrainer):
+    def next_batch(self, model):
+        batch = super().next_batch(model)
+        if self.data.state()["index"] >= 5:
+            batch["loss_mask"] = batch["loss_mask"] * np.nan
+        return batch
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match="at step 5.*last good checkpoint is step 3"):
+        train(_smoke(trainer="test_nan_from_step_5"), str(tmp_path))
+    assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [3]
+
+
+def test_incompatible_config_is_rejected_and_workdir_untouched(tmp_path):
+    workdir = str(tmp_path)
+    train(_smoke(), workdir)
+    before = {p: os.path.getmtime(os.path.join(d, p)) for d, _, ps in os.walk(workdir) for p in ps}
+    wider = _smoke()
+    wider.model.hidden_size = 128
+    with pytest.raises(IncompatibleCheckpointError, match="model.hidden_size: stored 64, new 128"):
+        train(wider, workdir)
+    after = {p: os.path.getmtime(os.path.join(d, p)) for d, _, ps in os.walk(workdir) for p in ps}
+    assert after == before
+
+
+def test_lora_run_trains_only_adapters_and_exports_merged_weights(tmp_path):
+    config = _smoke(total_steps=3)
+    config.lora.rank = 4
+    config.export_hf = True
+    train(config, str(tmp_path))
+    losses = [r["loss"] for r in _records(str(tmp_path))]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+    run = build_run(config, str(tmp_path))
+    restore(run)
+    run.checkpointer.close()
+    names = {path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(run.state.params)[0]}
+    assert names and all(n.endswith((".lora_a", ".lora_b")) for n in names)
+    tokens = np.arange(12, dtype=np.int32).reshape(2, 6)
+    with jax.set_mesh(run.mesh):
+        with_adapters, _ = run.model()(tokens)
+    exported, _ = from_pretrained(str(tmp_path / "hf"))
+    merged, _ = exported(tokens)
+    np.testing.assert_allclose(merged, with_adapters, atol=1e-5)
+
+    # A new run initialised from the export starts from the merged weights.
+    continued = _smoke()
+    continued.model.init_from = str(tmp_path / "hf")
+    run = build_run(continued, str(tmp_path / "continued"))
+    run.checkpointer.close()
+    with jax.set_mesh(run.mesh):
+        reloaded, _ = run.model()(tokens)
+    np.testing.assert_allclose(reloaded, merged, atol=1e-6)
+
+
+def test_failed_export_keeps_the_previous_export_whole(tmp_path, monkeypatch):
+    import prm.training.loop as loop
+
+    run = build_run(_smoke(), str(tmp_path))
+    export = str(tmp_path / "hf")
+    loop.export_hf(run, export)
+    first = sorted(os.listdir(export))
+    assert "config.json" in first
+
+    def save_then_die(model, config, path):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            f.write("{}")  # what a kill mid-save leaves: a config.json without weights
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_pretrained", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        loop.export_hf(run, export)
+    assert sorted(os.listdir(export)) == first
+    from_pretrained(export)  # still loads: the previous export is intact
+    run.checkpointer.close()
