@@ -34,7 +34,10 @@ if ! PY=$(find_python); then
   exit 1
 fi
 
-hash=$( (cat setup.cfg; "$PY" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
+# Key the venv on what decides its contents: the interpreter and setup.cfg up to the pytest
+# section (so editing test settings does not rebuild a 6 GB environment).
+hash=$( (sed '/^\[tool:pytest\]/,$d' setup.cfg; "$PY" -c 'import sys; print(sys.version)') \
+  | sha256sum | cut -c1-16)
 root=${PRM_VENV_ROOT:-$HOME/.cache/prm}
 venv="$root/venv-$hash"
 
