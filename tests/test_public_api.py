@@ -23,7 +23,8 @@ def test_readme_example_runs_and_gives_the_documented_quantities():
     exec(readme_example(), namespace)  # noqa: S102 - the README's own example
     # Sibling advantages of [1, 0, 2, 1, -1]: mean 0.6, unbiased std sqrt(5.2/4) = 1.140175.
     np.testing.assert_allclose(
-        namespace["advantages"], [[0.4, -0.6, 1.4, 0.4, -1.6]] / np.float32(1.140175 + 1e-6),
+        namespace["advantages"],
+        [[0.4, -0.6, 1.4, 0.4, -1.6]] / np.float32(1.140175 + 1e-6),
         rtol=1e-5,
     )
     np.testing.assert_allclose(namespace["token_adv"], [[0, 0, 0.5, 0.5, 0.5, 0, 0, -1, -1]])

@@ -1,0 +1,88 @@
+"""`KVCache`: per-row compact key/value cache for batched decoding.
+
+Row b holds its context in slots [0, length[b]) and the token in slot s sits at position s, so
+rows of different lengths, appends to a subset of rows and forks need no per-row offsets. The
+write rule lives in `Transformer.hidden_states`: the new tokens of row b (right-padded, n_b of
+them) go to slots length[b] .. length[b] + n_b - 1; writes past `max_len` are dropped.
+
+Each layer owns its own [batch, max_len, num_kv_heads, head_dim] key and value arrays. One
+stacked [num_layers, ...] array would be smaller to write down, but a per-layer scatter into it
+followed by that layer's read makes XLA (on CPU at least) copy the whole stack at every layer,
+so decode time grew with num_layers x capacity instead of staying an in-place row update.
+Callers outside `prm.models` go through the methods below and never see the layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from prm.models.config import ModelConfig
+
+
+@struct.dataclass
+class KVCache:
+    """k, v: one [batch, max_len, num_kv_heads, head_dim] array per layer; length int32[batch]."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    length: jax.Array
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
+        """An empty cache (length 0 in every row); `dtype` defaults to `config.dtype`."""
+        shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+        dtype = config.dtype if dtype is None else dtype
+        layers = range(config.num_layers)
+        return cls(
+            k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+            v=tuple(jnp.zeros(shape, dtype) for _ in layers),
+            length=jnp.zeros((batch_size,), jnp.int32),
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.k)
+
+    @property
+    def batch_size(self) -> int:
+        return self.length.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+    @property
+    def dtype(self) -> Any:
+        return self.k[0].dtype
+
+    def repeat(self, num_copies: int) -> KVCache:
+        """Each row repeated `num_copies` times in place (row b -> rows b*k .. b*k + k - 1)."""
+        if num_copies < 1:
+            raise ValueError(f"repeat(num_copies) needs num_copies >= 1, got {num_copies}.")
+        # Every leaf (each layer's k and v, and length) has the batch as axis 0.
+        return jax.tree.map(lambda x: jnp.repeat(x, num_copies, axis=0), self)
+
+    def take(self, rows: jax.Array) -> KVCache:
+        """The cache of rows[0], rows[1], ... (int [n], any order, repeats allowed).
+
+        Negative indices count from the end and out-of-range ones are clamped (JAX gather
+        semantics): check them on the host, as `Session.select` does.
+        """
+        rows = jnp.asarray(rows)
+        if rows.ndim != 1:
+            raise ValueError(f"take(rows) needs a 1-D index array, got shape {rows.shape}.")
+        return jax.tree.map(lambda x: x[rows], self)
+
+    def resize(self, max_len: int) -> KVCache:
+        """The same rows with capacity `max_len` (>= the current one); new slots are zero."""
+        if max_len < self.max_len:
+            raise ValueError(
+                f"resize() only grows the cache: max_len {max_len} < current {self.max_len}."
+            )
+        widths = ((0, 0), (0, max_len - self.max_len), (0, 0), (0, 0))
+        k, v = jax.tree.map(lambda x: jnp.pad(x, widths), (self.k, self.v))
+        return self.replace(k=k, v=v)

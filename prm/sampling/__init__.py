@@ -1,0 +1,27 @@
+"""Step-aware KV-cache sampling: prefill, decode to a step boundary, force tokens, fork k."""
+
+from prm.sampling.filters import (
+    GREEDY,
+    SamplingParams,
+    filter_logits,
+    sample_tokens,
+    top_k_filter,
+    top_p_filter,
+)
+from prm.sampling.sampler import FinishReason, Generation, Sampler, Session
+from prm.sampling.stops import match_stops, pack_stops
+
+__all__ = [
+    "GREEDY",
+    "FinishReason",
+    "Generation",
+    "Sampler",
+    "SamplingParams",
+    "Session",
+    "filter_logits",
+    "match_stops",
+    "pack_stops",
+    "sample_tokens",
+    "top_k_filter",
+    "top_p_filter",
+]
