@@ -54,7 +54,6 @@ def test_jit_matches_eager():
     np.testing.assert_allclose(eager, jitted, rtol=1e-6)
 
 
-@pytest.mark.slow
 def test_registered_and_learns_the_toy_task(tmp_path, monkeypatch):
     assert TRAINERS.get("sft") is SFTTrainer
     config = get_config()
