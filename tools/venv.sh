@@ -50,7 +50,15 @@ if [ ! -f "$venv/.prm-installed" ]; then
   "$venv/bin/python" -m pip install --quiet -e '.[dev]'
   touch "$venv/.prm-installed"
 else
-  # The venv may have been built from another clone: point the editable install here.
-  "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . >/dev/null
+  # The venv may have been built from another clone: point the editable install here (quietly;
+  # pip's output is shown only if it fails).
+  installed_at=$(cd / && "$venv/bin/python" -c 'import os, prm; print(os.path.dirname(os.path.dirname(prm.__file__)))' 2>/dev/null || true)
+  if [ "$installed_at" != "$(pwd -P)" ]; then
+    if ! out=$("$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1); then
+      echo "$out" >&2
+      echo "error: could not install this clone into $venv (see above)." >&2
+      exit 1
+    fi
+  fi
 fi
 ln -sfn "$venv" .venv
