@@ -112,5 +112,6 @@ def model_config(
             "dtype": "float32",
             "param_dtype": "float32",
             "max_position_embeddings": 4096,
+            "remat": False,  # gradient checkpointing per decoder layer (large models)
         }
     )

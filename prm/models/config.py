@@ -69,6 +69,10 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # Recompute each decoder layer in the backward pass instead of storing its activations
+    # (gradient checkpointing): memory per layer drops to its input, at ~1/3 more compute.
+    # A training switch, not part of the checkpoint format (from_hf/to_hf leave it alone).
+    remat: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:

@@ -165,6 +165,13 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), cache_kv
 
 
+def _apply_layer(layer: DecoderLayer, *args):
+    return layer(*args)
+
+
+_remat_layer = nnx.remat(_apply_layer)
+
+
 class Transformer(nnx.Module):
     """Qwen2/Qwen3/Llama decoder; see `prm.models` for the forward and cache contract."""
 
@@ -239,10 +246,13 @@ class Transformer(nnx.Module):
             mask = jnp.arange(cache.max_len)[None, None, :] <= positions[:, :, None]
         cos, sin = rope_angles(self.config, positions)
         x = self.embed(input_ids)
+        # Gradient checkpointing only where there is a backward pass to save memory for:
+        # cached (sampling) calls never recompute.
+        apply_layer = _remat_layer if self.config.remat and cache is None else _apply_layer
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             layer_kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, layer_kv = layer(x, cos, sin, mask, layer_kv, write_slots)
+            x, layer_kv = apply_layer(layer, x, cos, sin, mask, layer_kv, write_slots)
             if cache is not None:
                 new_k.append(layer_kv[0])
                 new_v.append(layer_kv[1])

@@ -71,6 +71,10 @@ def build_model(config: Any, mesh: Mesh, rules: Sequence[Rule]) -> tuple[nnx.Mod
         shardings = tree_shardings(abstract, mesh, rules)
         params = jax.jit(lambda: nnx.split(create())[1], out_shardings=shardings)()
         model = nnx.merge(graphdef, params)
+    if config.model.get("remat", False) and not model_config.remat:
+        # An HF checkpoint's config.json knows nothing of remat: it is this run's choice.
+        model_config = dataclasses.replace(model_config, remat=True)
+        model.config = model_config
     if config.lora.rank > 0:
         apply_lora(model, config.lora.rank, config.lora.alpha, config.lora.targets, config.seed)
         shard_model(model, mesh, rules)

@@ -115,11 +115,14 @@ def test_lora_run_trains_only_adapters_and_exports_merged_weights(tmp_path):
     merged, _ = exported(tokens)
     np.testing.assert_allclose(merged, with_adapters, atol=1e-5)
 
-    # A new run initialised from the export starts from the merged weights.
+    # A new run initialised from the export starts from the merged weights; `model.remat` is this
+    # run's choice (the export's config.json does not carry it).
     continued = _smoke()
     continued.model.init_from = str(tmp_path / "hf")
+    continued.model.remat = True
     run = build_run(continued, str(tmp_path / "continued"))
     run.checkpointer.close()
+    assert run.model_config.remat and run.model().config.remat
     with jax.set_mesh(run.mesh):
         reloaded, _ = run.model()(tokens)
     np.testing.assert_allclose(reloaded, merged, atol=1e-6)
