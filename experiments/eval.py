@@ -8,9 +8,11 @@ Usage:
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags, logging
 
+from prm.training.checkpoints import RunError
 from prm.training.loop import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
@@ -23,7 +25,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    print(json.dumps(evaluate(_WORKDIR.value, _STEP.value), indent=2))
+    try:
+        results = evaluate(_WORKDIR.value, _STEP.value)
+    except RunError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(getattr(e, "exit_code", 1))
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

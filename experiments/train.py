@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prm.training.loop import config_from_workdir, train
+from prm.training.checkpoints import RunError
+from prm.training.loop import Interrupted, config_from_workdir, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with options: path.py:opt1,opt2=v.", lock_config=True
@@ -69,11 +70,16 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         # Orbax logs every file operation at INFO; keep the console to the progress bar.
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    if config is None:
-        config = config_from_workdir(_WORKDIR.value)
-        config.lock()
-    train(config, _WORKDIR.value)
+    try:
+        config = _CONFIG.value
+        if config is None:
+            config = config_from_workdir(_WORKDIR.value)
+            config.lock()
+        train(config, _WORKDIR.value)
+    except RunError as e:
+        # Errors the user can fix are one line; anything else keeps its traceback.
+        sys.stderr.write(f"{'' if isinstance(e, Interrupted) else 'error: '}{e}\n")
+        sys.exit(getattr(e, "exit_code", 1))
 
 
 if __name__ == "__main__":

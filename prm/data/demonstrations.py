@@ -114,6 +114,11 @@ class DemonstrationSource:
         self.epoch, self.index = 0, 0
         self._epoch_rows: tuple[int, dict[str, np.ndarray]] | None = None
 
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        """The world's tokenizer (saved with the trained policy's HF export)."""
+        return self.assets.tokenizer
+
     def epoch_rows(self, epoch: int) -> dict[str, np.ndarray]:
         """All rows of `epoch`, shuffled (cached for the current epoch)."""
         if self._epoch_rows is None or self._epoch_rows[0] != epoch:

@@ -1,7 +1,12 @@
 """Training infrastructure: sharding, checkpoints, optimiser/LoRA, metrics and the train loop."""
 
-from prm.training.checkpoints import Checkpointer, IncompatibleCheckpointError
-from prm.training.loop import Run, build_run, evaluate, restore, train
+from prm.training.checkpoints import (
+    Checkpointer,
+    CheckpointSaveError,
+    IncompatibleCheckpointError,
+    RunError,
+)
+from prm.training.loop import Interrupted, Run, build_run, evaluate, restore, train
 from prm.training.lora import ALL_LINEAR, LoRALinear, apply_lora, merge_lora
 from prm.training.metrics_writer import RL_METRICS, TIMING_METRICS, MetricsWriter
 from prm.training.optim import make_optimizer, make_schedule, trainable_filter
@@ -26,11 +31,14 @@ __all__ = [
     "MESH_AXES",
     "RL_METRICS",
     "TIMING_METRICS",
+    "CheckpointSaveError",
     "Checkpointer",
     "IncompatibleCheckpointError",
+    "Interrupted",
     "LoRALinear",
     "MetricsWriter",
     "Run",
+    "RunError",
     "TrainState",
     "Trainer",
     "apply_lora",

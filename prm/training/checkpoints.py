@@ -14,6 +14,8 @@ and written in a background thread while training continues.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +26,20 @@ from etils import epath
 from prm.training.sharding import path_to_str
 
 
-class IncompatibleCheckpointError(ValueError):
+class RunError(Exception):
+    """A run cannot go on for a reason the user can fix; the message says what and how.
+
+    Entry points print these as one line (no traceback).
+    """
+
+
+class IncompatibleCheckpointError(RunError, ValueError):
     """The checkpoint in a workdir does not fit the run's state (another model or config)."""
+
+
+class CheckpointSaveError(RunError):
+    """An (asynchronous) checkpoint save failed; the run stops at once rather than train on
+    without checkpoints."""
 
 
 def flatten_by_name(tree: Any) -> dict[str, Any]:
@@ -47,7 +61,8 @@ class Checkpointer:
     """Keeps the last `keep` checkpoints of a train state under `directory`."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        # orbax refuses relative paths; a workdir typed as `workdirs/run` or `~/run` must work.
+        self.directory = epath.Path(os.path.abspath(os.path.expanduser(directory)))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -65,16 +80,53 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        return sorted(self._manager.all_steps())
+
+    def set_aside(self, step: int, reason: str) -> str:
+        """Moves checkpoint `step` out of the managed directory (kept, never deleted) into
+        `<directory>.unreadable/<step>-<time>`; returns where it went."""
+        self.wait()
+        target = (
+            epath.Path(f"{self.directory}.unreadable") / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(step)).rename(target)
+        (target.parent / "README.txt").write_text(
+            "Checkpoints that could not be restored, moved here by prm instead of deleted.\n"
+        )
+        with open(os.fspath(target) + ".reason.txt", "w") as f:
+            f.write(reason + "\n")
+        self._manager.reload()
+        return os.fspath(target)
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Starts saving `state` (any pytree of arrays) and `meta` (JSON) as `step`."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flatten_by_name(state)),
-                meta=ocp.args.JsonSave(dict(meta)),
-            ),
+        self.check_for_errors()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(flatten_by_name(state)),
+                    meta=ocp.args.JsonSave(dict(meta)),
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - any failure to start a save ends the run
+            raise CheckpointSaveError(self._save_failed(step, e)) from e
+
+    def check_for_errors(self) -> None:
+        """Raises `CheckpointSaveError` if a background save has failed since the last call."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointSaveError(self._save_failed(None, e)) from e
+
+    def _save_failed(self, step: int | None, error: Exception) -> str:
+        which = "a checkpoint" if step is None else f"checkpoint {step}"
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (
+            f"Saving {which} to {self.directory} failed: {detail}. The run stopped so that it "
+            "does not train on without checkpoints; fix the cause (disk space, permissions, path) "
+            "and rerun the same command to resume from the last good checkpoint."
         )
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
@@ -99,8 +151,13 @@ class Checkpointer:
         return unflatten_by_name(like, restored["state"]), dict(restored["meta"])
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are finalized."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are finalized; raises `CheckpointSaveError`
+        if one failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointSaveError(self._save_failed(None, e)) from e
+        self.check_for_errors()
 
     def close(self) -> None:
         self._manager.close()

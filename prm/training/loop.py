@@ -6,7 +6,15 @@
       metrics.jsonl        one JSON record per step (and "eval/…" records)
       tensorboard/         event files
       eval_<step>.json     results of `evaluate` runs
-      hf/                  final Hugging Face export (LoRA merged), written at the end of training
+      hf/                  final Hugging Face export (LoRA merged, with the trainer's tokenizer)
+      previous-<time>/     outputs of an earlier run that left no checkpoint, moved aside
+
+Any workdir a user types works (relative, `~`, symlinked): it is made absolute first. A rerun
+never loses data: it resumes (announced, appending to the metrics), or, when there is no
+checkpoint to resume from, moves the old outputs aside. SIGINT/SIGTERM (TPU preemption) save a
+checkpoint of the current step and say how to resume; an unreadable latest checkpoint is moved
+aside and the run falls back to the newest good one. Errors a user can fix are `RunError`s,
+printed by the entry points as one line.
 
 Determinism: on a fixed device set, a run killed at any point (even SIGKILL mid-save) and
 restarted from its workdir computes bitwise the same parameters and metrics as an uninterrupted
@@ -17,9 +25,12 @@ exposes fully written checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +46,7 @@ from jax.experimental import multihost_utils
 
 from prm.models import ModelConfig, save_pretrained
 from prm.registry import TRAINERS
-from prm.training.checkpoints import Checkpointer, IncompatibleCheckpointError
+from prm.training.checkpoints import Checkpointer, IncompatibleCheckpointError, RunError
 from prm.training.lora import merge_lora
 from prm.training.metrics_writer import MetricsWriter
 from prm.training.optim import count_params, make_optimizer, trainable_filter
@@ -62,6 +73,28 @@ RUN_CONTROL_KEYS = frozenset(
     }
 )
 CONFIG_FILE = "config.json"
+# What a run writes into its workdir besides its config and checkpoints (moved aside, never
+# deleted, when a run restarts from step 0 in a workdir that holds them).
+RUN_OUTPUTS = ("metrics.jsonl", "metrics.replaced.jsonl", "tensorboard", "hf", "eval_*.json",
+               "qa_*.md", "qa_*.csv")  # fmt: skip
+
+# Scalars of an RL step worth a place in the final summary line, when a trainer logs them.
+RL_SUMMARY_METRICS = ("reward", "exact_match", "kl", "entropy")
+
+
+class Interrupted(RunError):
+    """SIGINT/SIGTERM stopped the run after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def resolve_workdir(workdir: str) -> str:
+    """The absolute path of a workdir as typed (relative, `~`, symlinks kept)."""
+    if not workdir:
+        raise RunError("No workdir given: pass --workdir=<directory>.")
+    return os.path.abspath(os.path.expanduser(workdir))
 
 
 @dataclasses.dataclass
@@ -87,13 +120,15 @@ class Run:
         return nnx.merge(self.graphdef, state.params, self.frozen)
 
 
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was started with."""
+def config_from_workdir(
+    workdir: str, hint: str = "Pass --config=<file.py> to start one there."
+) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was started with; `hint` ends the error when there is none."""
+    workdir = resolve_workdir(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} does not exist: {workdir} holds no run. Pass --config=<file.py> to start one."
-        )
+        what = "does not exist" if not os.path.exists(workdir) else f"has no {CONFIG_FILE}"
+        raise RunError(f"{workdir} {what}: it holds no run. {hint}")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
 
@@ -207,14 +242,49 @@ def build_run(config: Any, workdir: str, devices: Sequence[jax.Device] | None = 
 
 
 def restore(run: Run, step: int | None = None) -> int:
-    """Restores checkpoint `step` (default latest) into `run`; returns its step, 0 if none."""
-    step = run.checkpointer.latest_step() if step is None else step
-    if step is None:
-        return 0
-    with jax.set_mesh(run.mesh):
-        run.state, meta = run.checkpointer.restore(step, run.state)
-    run.trainer.restore_data_state(meta["data"])
-    return step
+    """Restores checkpoint `step` into `run`; returns its step, 0 if there is none.
+
+    Without `step`, the newest readable checkpoint: one that fails to load (a truncated or
+    corrupted file) is moved aside (`Checkpointer.set_aside`) and the next older one is tried,
+    saying so. A checkpoint of another model or config (`IncompatibleCheckpointError`) is not
+    corruption and stops the run. An explicit `step` that does not exist is a `RunError` listing
+    the steps that do.
+    """
+    steps = run.checkpointer.all_steps()
+    if step is not None and step not in steps:
+        raise RunError(
+            f"No checkpoint at step {step} in {run.checkpointer.directory}; the steps there are "
+            f"{steps or 'none'}. Pass one of them, or no --step for the latest."
+        )
+    for candidate in [step] if step is not None else reversed(steps):
+        try:
+            with jax.set_mesh(run.mesh):
+                run.state, meta = run.checkpointer.restore(candidate, run.state)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is set aside
+            if step is not None:
+                raise RunError(f"Checkpoint {candidate} cannot be read: {_first_line(e)}") from e
+            where = run.checkpointer.set_aside(candidate, f"{type(e).__name__}: {e}")
+            _say(
+                f"Checkpoint {candidate} is unreadable ({_first_line(e)}); moved it to {where} "
+                "and falling back to the previous checkpoint."
+            )
+            continue
+        run.trainer.restore_data_state(meta["data"])
+        return candidate
+    return 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _say(message: str) -> None:
+    """A line for the person running the job (process 0 only, on stdout)."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def make_train_step(run: Run, batch_shardings: Any) -> Callable:
@@ -248,53 +318,168 @@ def make_train_step(run: Run, batch_shardings: Any) -> Callable:
 
 
 def train(config: Any, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the run in `workdir` to `config.total_steps`; returns last metrics."""
+    """Trains (or resumes) the run in `workdir` to `config.total_steps`; returns last metrics.
+
+    Prints where the run is (start or resume), and at the end a summary: final metrics, the
+    trainer's results table, and where the workdir, HF export and TensorBoard logs are.
+    """
+    workdir = resolve_workdir(workdir)
     initialize_distributed(config)
     check_or_write_config(config, workdir)
     run = build_run(config, workdir)
     start = restore(run)
     if start:
-        logging.info("Resuming from checkpoint step %d in %s.", start, workdir)
+        _say(f"Resuming from step {start} of {config.total_steps}, workdir {workdir}.")
+    else:
+        moved = set_aside_old_outputs(workdir)
+        if moved:
+            _say(
+                f"{workdir} held outputs of an earlier run but no checkpoint: moved them to {moved}."
+            )
+        _say(f"Starting a run of {config.total_steps} steps in {workdir}.")
+    _say(f"Config ({config.trainer} trainer): {os.path.join(workdir, CONFIG_FILE)}")
     writer = MetricsWriter(workdir, config.total_steps, start, progress=config.progress)
-    writer.truncate_after(start)
+    if replaced := writer.truncate_after(start):
+        _say(
+            f"{replaced} metric lines logged after step {start} by the interrupted run are "
+            f"recomputed; the old lines are kept in {writer.replaced_path}."
+        )
     train_step = None
     metrics: dict[str, float] = {}
+    eval_results: dict[str, float] = {}
+    saved_step = start
     try:
-        for step in range(start + 1, config.total_steps + 1):
-            with jax.set_mesh(run.mesh):
-                batch = global_batch(run.trainer.next_batch(run.model()), run.mesh)
-                if train_step is None:
-                    train_step = make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
-                started = time.perf_counter()
-                run.state, device_metrics = train_step(run.state, run.frozen, batch)
-                metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            elapsed = time.perf_counter() - started
-            metrics["step_time_s"] = elapsed
-            metrics["tokens_per_s"] = batch["tokens"].size / elapsed
-            if step % config.log_every == 0 or not _finite(metrics):
-                writer.write(step, metrics)
-            writer.advance(step, metrics)
-            if not _finite(metrics):
-                run.checkpointer.wait()
-                raise FloatingPointError(
-                    f"Non-finite loss ({metrics['loss']}) or gradient norm "
-                    f"({metrics['grad_norm']}) at step {step}; stopped without saving this "
-                    f"state. The last good checkpoint is step {run.checkpointer.latest_step()} "
-                    f"in {run.checkpointer.directory}. Lower optim.lr or inspect the batch of "
-                    f"step {step}."
-                )
-            if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
+        with _StopOnSignal() as stop:
+            for step in range(start + 1, config.total_steps + 1):
                 with jax.set_mesh(run.mesh):
-                    writer.write(step, run.trainer.evaluate(run.model(), step), prefix="eval/")
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                run.checkpointer.save(step, run.state, {"data": run.trainer.data_state()})
+                    batch = global_batch(run.trainer.next_batch(run.model()), run.mesh)
+                    if train_step is None:
+                        train_step = make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
+                    started = time.perf_counter()
+                    run.state, device_metrics = train_step(run.state, run.frozen, batch)
+                    metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+                elapsed = time.perf_counter() - started
+                metrics["step_time_s"] = elapsed
+                metrics["tokens_per_s"] = batch["tokens"].size / elapsed
+                if step % config.log_every == 0 or not _finite(metrics):
+                    writer.write(step, metrics)
+                writer.advance(step, metrics)
+                if not _finite(metrics):
+                    run.checkpointer.wait()
+                    raise FloatingPointError(
+                        f"Non-finite loss ({metrics['loss']}) or gradient norm "
+                        f"({metrics['grad_norm']}) at step {step}; stopped without saving this "
+                        f"state. The last good checkpoint is step "
+                        f"{run.checkpointer.latest_step()} in {run.checkpointer.directory}. Lower "
+                        f"optim.lr or inspect the batch of step {step}."
+                    )
+                if config.eval_every and (
+                    step % config.eval_every == 0 or step == config.total_steps
+                ):
+                    with jax.set_mesh(run.mesh):
+                        eval_results = run.trainer.evaluate(run.model(), step)
+                    writer.write(step, eval_results, prefix="eval/")
+                if step % config.checkpoint_every == 0 or step == config.total_steps:
+                    run.checkpointer.save(step, run.state, {"data": run.trainer.data_state()})
+                    saved_step = step
+                run.checkpointer.check_for_errors()
+                if stop.signum is not None:
+                    if saved_step != step:
+                        run.checkpointer.save(step, run.state, {"data": run.trainer.data_state()})
+                    run.checkpointer.wait()
+                    name = signal.Signals(stop.signum).name
+                    raise Interrupted(
+                        f"{name}: stopped at step {step} of {config.total_steps} with a "
+                        f"checkpoint in {run.checkpointer.directory}. Resume with: python -m "
+                        f"experiments.train --workdir={workdir}",
+                        stop.signum,
+                    )
         run.checkpointer.wait()
         if config.export_hf:
             export_hf(run, os.path.join(workdir, "hf"))
     finally:
         writer.close()
         run.checkpointer.close()
+    _say(run_summary(run, metrics, eval_results, writer))
     return metrics
+
+
+class _StopOnSignal:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step (so it can save
+    a checkpoint); a second one acts as the previous handler would (Ctrl-C twice kills)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.signum = signum
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        _say(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step.")
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def set_aside_old_outputs(workdir: str) -> str | None:
+    """Moves an earlier run's outputs (`RUN_OUTPUTS`) into `workdir/previous-<time>/`; returns
+    that directory, or None when there was nothing to move. Only process 0 moves files."""
+    found = sorted(
+        {p for pattern in RUN_OUTPUTS for p in glob.glob(os.path.join(workdir, pattern))}
+    )
+    if not found or jax.process_index() != 0:
+        return None
+    target = os.path.join(workdir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 0
+    while os.path.exists(target + (f"-{suffix}" if suffix else "")):
+        suffix += 1
+    target += f"-{suffix}" if suffix else ""
+    os.makedirs(target)
+    for path in found:
+        os.rename(path, os.path.join(target, os.path.basename(path)))
+    return target
+
+
+def run_summary(
+    run: Run, metrics: dict[str, float], eval_results: dict[str, float], writer: MetricsWriter
+) -> str:
+    """What a finished run prints: final metrics, the trainer's results, and where things are."""
+    config, workdir = run.config, run.workdir
+    shown = ("loss", "grad_norm", *RL_SUMMARY_METRICS)
+    final = "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
+    lines = [f"== Run finished: step {config.total_steps} of {config.total_steps} =="]
+    if final:
+        lines.append(f"final metrics: {final}")
+    if table := run.trainer.results_table(eval_results):
+        lines += ["", table.rstrip(), ""]
+    lines.append(f"workdir      {workdir}")
+    lines.append(f"metrics      {writer.path}")
+    lines.append(
+        f"checkpoints  {run.checkpointer.directory} (steps {run.checkpointer.all_steps()})"
+    )
+    hf = os.path.join(workdir, "hf")
+    if config.export_hf and os.path.isdir(hf):
+        with_tokenizer = os.path.exists(os.path.join(hf, "tokenizer_config.json"))
+        loads = (
+            "AutoModelForCausalLM and AutoTokenizer" if with_tokenizer else "AutoModelForCausalLM"
+        )
+        lines.append(f"HF export    {hf} (transformers {loads}.from_pretrained load it)")
+    if writer.tensorboard_dir:
+        lines.append(f"TensorBoard  tensorboard --logdir {writer.tensorboard_dir}")
+    if headline := run.trainer.headline(eval_results):
+        lines.append(headline)
+    return "\n".join(lines)
 
 
 def _finite(metrics: dict[str, float]) -> bool:
@@ -317,6 +502,8 @@ def export_hf(run: Run, path: str) -> None:
         partial = f"{path}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         save_pretrained(model, run.model_config, partial)
+        if (tokenizer := run.trainer.tokenizer()) is not None:
+            tokenizer.save_pretrained(partial)
         if os.path.exists(path):
             previous = f"{path}.previous"
             shutil.rmtree(previous, ignore_errors=True)
@@ -332,11 +519,19 @@ def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
 
     Writes `workdir/eval_<step>.json`.
     """
-    config = config_from_workdir(workdir)
+    workdir = resolve_workdir(workdir)
+    config = config_from_workdir(
+        workdir,
+        hint=f"Train one first: python -m experiments.train --config=<file.py> --workdir={workdir}",
+    )
     run = build_run(config, workdir)
     step = restore(run, step)
     if step == 0:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to evaluate.")
+        run.checkpointer.close()
+        raise RunError(
+            f"No checkpoint in {run.checkpointer.directory} to evaluate: the run has not saved "
+            f"one yet. Resume it with: python -m experiments.train --workdir={workdir}"
+        )
     with jax.set_mesh(run.mesh):
         results = {k: float(v) for k, v in run.trainer.evaluate(run.model(), step).items()}
     run.checkpointer.close()

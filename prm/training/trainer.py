@@ -49,6 +49,28 @@ class Trainer(abc.ABC):
         """Scalar metrics of `model` after `step` updates (host-side; may jit internally and
         write result tables into `self.workdir`)."""
 
+    def tokenizer(self) -> Any | None:
+        """The Hugging Face tokenizer of the run's data, saved with the HF export (None: the
+        export has no tokenizer)."""
+        return getattr(self.data, "tokenizer", None)
+
+    def results_table(self, eval_results: Mapping[str, float]) -> str:
+        """Markdown results of the last evaluation for the end-of-run summary ("" for none).
+
+        Default: the QA tables (`qa/<agent>/<group>/<n|em|f1>` scalars) when the trainer logs
+        them, else every scalar."""
+        from prm.evaluation import format_markdown, tables_from_metrics
+
+        if tables := tables_from_metrics(eval_results):
+            return format_markdown(tables)
+        return "\n".join(f"{k}: {v:.4g}" for k, v in sorted(eval_results.items()))
+
+    def headline(self, eval_results: Mapping[str, float]) -> str:
+        """The last line of the summary: the run's main held-out number ("" for none)."""
+        if (em := eval_results.get("qa/policy/all/em")) is not None:
+            return f"held-out EM: {em:.4f}"
+        return ""
+
     def data_state(self) -> dict[str, Any]:
         """JSON-serialisable position of the batch stream, saved with each checkpoint."""
         return self.data.state()

@@ -149,3 +149,54 @@ def test_failed_export_keeps_the_previous_export_whole(tmp_path, monkeypatch):
     assert sorted(os.listdir(export)) == first
     from_pretrained(export)  # still loads: the previous export is intact
     run.checkpointer.close()
+
+
+def test_async_save_failure_stops_the_run_at_once(tmp_path, monkeypatch):
+    import prm.training.checkpoints as checkpoints
+
+    original = checkpoints.Checkpointer.save
+    failures = []
+
+    def save_then_fail_in_background(self, step, state, meta):
+        original(self, step, state, meta)
+        if step == 3:
+
+            def check():  # what orbax raises from its commit thread, e.g. a full disk
+                if not failures:
+                    failures.append(step)
+                    raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(self._manager, "check_for_errors", check)
+
+    monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_fail_in_background)
+    with pytest.raises(checkpoints.CheckpointSaveError, match="No space left on device.*rerun"):
+        train(_smoke(), str(tmp_path))
+    # Stopped right after the failed save at step 3, not at the next save 3 steps later.
+    assert [r["step"] for r in _records(str(tmp_path))] == [1, 2, 3]
+
+
+def test_hf_export_loads_as_a_transformers_model_and_tokenizer_pair(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from configs.sft import get_config as sft_config
+
+    config = sft_config("smoke")
+    config.total_steps, config.eval_every = 2, 0
+    train(config, str(tmp_path))
+    export = str(tmp_path / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    hf_model = AutoModelForCausalLM.from_pretrained(export).eval()
+    text = "Answer the question. <search> capital of </search>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # The exported tokenizer is the one the policy was trained with.
+    run = build_run(config, str(tmp_path))
+    restore(run)
+    run.checkpointer.close()
+    assert ids == run.trainer.tokenizer().encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor([ids])).logits.numpy()
+    with jax.set_mesh(run.mesh):
+        ours, _ = run.model()(np.array([ids], np.int32))
+    np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4)
