@@ -35,6 +35,7 @@ _SUBMODULES = (
     "models",
     "registry",
     "rewards",
+    "rollouts",
     "sampling",
     "theory",
     "trainers",

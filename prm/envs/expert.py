@@ -204,7 +204,7 @@ def generate_demonstrations(
     id), so a demonstration does not depend on which other questions share the batch.
     """
     env = protocol.SearchEnv(retriever, env_config, tokenizer, template)
-    env.reset([q.text for q in questions], [q.answers for q in questions])
+    env.reset([protocol.QATask(q.text, q.answers) for q in questions])
     agents = [
         ExpertAgent(
             world,
@@ -222,7 +222,7 @@ def generate_demonstrations(
             for agent, obs, done in zip(agents, observations, env.done)
         ]
         results = env.step(texts)
-        observations = [r.observation for r in results]
+        observations = [r.observation if r else "" for r in results]
     return [
         Demonstration(q, list(e.segments), e.answer, e.em, e.f1)
         for q, e in zip(questions, env.episodes)

@@ -289,11 +289,24 @@ class EnvConfig:
     max_turns: int = 4  # search-enabled calls; one final answer-only call follows
     max_obs_tokens: int | None = 500  # needs the env's tokenizer when set
     forced_answer: str | None = None  # forced before the final call (SLATE: "\n<answer>")
+    # Forced after every other observation (SLATE: "<think>"); context, like the observation.
+    after_observation: str = ""
     invalid_feedback: str = INVALID_ACTION_FEEDBACK
 
     def __post_init__(self):
         if self.topk < 1 or self.max_turns < 0:
             raise ValueError(f"Need topk >= 1 and max_turns >= 0, got {self}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class QATask:
+    """A question and its gold answers: what `SearchEnv.reset` takes per episode.
+
+    Any object with these two attributes will do (e.g. `prm.envs.qa_data.QAExample`).
+    """
+
+    question: str
+    golden_answers: tuple[str, ...]
 
 
 @dataclasses.dataclass
@@ -322,18 +335,25 @@ class StepResult:
     action: Action
     observation: str  # text to force before the next step ("" when done)
     done: bool
-    reward: float  # EM at the end of the episode, 0 before
+    reward: float  # the step's reward (SearchEnv: EM at the end of the episode, 0 before)
+    # Whatever else the env knows about the step (SearchEnv: "query" and "passages" of an
+    # executed search), for step-level rewards such as StepSearch's information gain.
+    info: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 class SearchEnv:
     """Batched Search-R1 episodes over a retriever (text in, text out).
 
         env = SearchEnv(retriever, EnvConfig(), tokenizer)
-        prompts = env.reset(questions, golden_answers)
-        results = env.step(step_texts)        # one text per episode (ignored once done)
+        prompts = env.reset([QATask(question, golden_answers), ...])
+        results = env.step(step_texts)        # one text per episode, None for no step
+        env.outcomes()                        # per episode {"reward": EM, "em", "f1"}
 
-    All queries of a `step` go to the retriever in one `retrieve` call.
+    All queries of a `step` go to the retriever in one `retrieve` call. A step is atomic: if the
+    retriever raises, no episode has changed and the same call can be retried.
     """
+
+    stop_strings = STEP_STOP_STRINGS
 
     def __init__(
         self,
@@ -350,79 +370,90 @@ class SearchEnv:
         self.template = template
         self.episodes: list[Episode] = []
 
-    def reset(self, questions: Sequence[str], golden_answers: Sequence[Sequence[str]]) -> list[str]:
-        """Starts one episode per question; returns the prompts."""
-        if len(questions) != len(golden_answers):
-            raise ValueError(
-                f"reset: {len(questions)} questions but {len(golden_answers)} gold-answer lists."
-            )
-        self.episodes = []
-        for question, golds in zip(questions, golden_answers):
+    def reset(self, tasks: Sequence[QATask]) -> list[str]:
+        """Starts one episode per task (a `QATask` or anything with `question` and
+        `golden_answers`); returns the prompts."""
+        episodes = []
+        for i, task in enumerate(tasks):
+            question = getattr(task, "question", None)
+            golds = getattr(task, "golden_answers", None)
+            if not isinstance(question, str):
+                raise ValueError(f"reset: task {i} needs a string `question`, got {task!r}.")
             if isinstance(golds, str) or not golds:
-                raise ValueError(f"reset: golden answers must be a nonempty list, got {golds!r}.")
+                raise ValueError(
+                    f"reset: task {i} needs a nonempty list of `golden_answers`, got {golds!r}."
+                )
             prompt = render_prompt(question, self.template, self.tokenizer)
-            self.episodes.append(Episode(question, tuple(golds), [Segment(prompt, False)]))
+            episodes.append(Episode(question, tuple(golds), [Segment(prompt, False)]))
+        self.episodes = episodes
         return [e.segments[0].text for e in self.episodes]
 
     @property
     def done(self) -> list[bool]:
         return [e.done for e in self.episodes]
 
-    def step(self, step_texts: Sequence[str | None]) -> list[StepResult]:
-        """Applies one policy step per episode (None for finished episodes).
+    def outcomes(self) -> list[dict[str, float]]:
+        """Per episode: "reward" (EM, Search-R1's outcome reward), "em" and "f1"; 0 unanswered."""
+        return [{"reward": e.em, "em": e.em, "f1": e.f1} for e in self.episodes]
+
+    def step(self, step_texts: Sequence[str | None]) -> list[StepResult | None]:
+        """Applies one policy step per episode; None means no step (and gives a None result).
 
         Each text is cut after its first stop string and parsed: an answer ends the episode with
         reward EM; a search returns the `<information>` observation; an invalid step returns the
         invalid-action feedback. On the final (search-disabled) call anything but an answer ends
-        the episode with reward 0.
+        the episode with reward 0. Episodes change only after the retriever has answered.
         """
         if len(step_texts) != len(self.episodes):
             raise ValueError(
                 f"step: {len(step_texts)} texts for {len(self.episodes)} episodes (pass None for "
-                "finished ones)."
+                "episodes that take no step)."
             )
-        results: list[StepResult | None] = [None] * len(self.episodes)
-        searches: list[tuple[int, str, Action]] = []
+        steps: list[tuple[int, str, Action, bool]] = []  # episode, text, action, final call
         for i, (episode, raw) in enumerate(zip(self.episodes, step_texts)):
-            if episode.done:
-                results[i] = StepResult(
-                    "", Action("invalid", reason="episode is over"), "", True, 0.0
-                )
+            if raw is None:
                 continue
-            text = truncate_at_stop(raw or "")
+            if episode.done:
+                raise ValueError(f"step: episode {i} is over; pass None for it.")
+            text = truncate_at_stop(raw)
             action = parse_step(episode.pending_prefix + text)
-            final_call = episode.turns >= self.config.max_turns
+            steps.append((i, text, action, episode.turns >= self.config.max_turns))
+        searches = [(i, a.content) for i, _, a, final in steps if a.kind == "search" and not final]
+        found = {}
+        if searches:
+            passages = self.retriever.retrieve([q for _, q in searches], self.config.topk)
+            for (i, query), docs in zip(searches, passages):
+                obs = format_observation(docs, self.tokenizer, self.config.max_obs_tokens)
+                found[i] = obs, {"query": query, "passages": list(docs)}
+        # Nothing below can fail: the step is committed to every episode at once.
+        results: list[StepResult | None] = [None] * len(self.episodes)
+        for i, text, action, final in steps:
+            episode = self.episodes[i]
             episode.segments.append(Segment(text, True, episode.turns))
             episode.actions.append(action)
             episode.pending_prefix = ""
-            if action.kind == "answer" or final_call:
+            if action.kind == "answer" or final:
                 if action.kind == "answer":
                     episode.answer = action.content
                 episode.em, episode.f1 = outcome_scores(episode.answer, episode.golden_answers)
                 episode.done = True
                 results[i] = StepResult(text, action, "", True, episode.em)
-            elif action.kind == "search":
+            elif i in found:
+                obs, info = found[i]
                 episode.queries.append(action.content)
-                searches.append((i, text, action))
+                results[i] = StepResult(text, action, self._observe(episode, obs), False, 0.0, info)
             else:
                 feedback = self._observe(episode, self.config.invalid_feedback)
                 results[i] = StepResult(text, action, feedback, False, 0.0)
-        if searches:
-            passages = self.retriever.retrieve(
-                [a.content for _, _, a in searches], self.config.topk
-            )
-            for (i, text, action), found in zip(searches, passages):
-                obs = format_observation(found, self.tokenizer, self.config.max_obs_tokens)
-                results[i] = StepResult(
-                    text, action, self._observe(self.episodes[i], obs), False, 0.0
-                )
-        return results  # type: ignore[return-value]
+        return results
 
     def _observe(self, episode: Episode, observation: str) -> str:
         """Records what the env forces after a step: the observation (or invalid-action feedback),
-        plus `forced_answer` when the next call is the final one."""
+        then `forced_answer` when the next call is the final one, else `after_observation`."""
         if self.config.forced_answer and episode.turns == self.config.max_turns:
             observation += self.config.forced_answer
             episode.pending_prefix = self.config.forced_answer
+        else:
+            observation += self.config.after_observation
         episode.segments.append(Segment(observation, False))
         return observation

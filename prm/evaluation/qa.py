@@ -29,9 +29,9 @@ from prm.envs.expert import WORLD_ENV_CONFIG, ExpertConfig, generate_demonstrati
 from prm.envs.protocol import COMPACT_TEMPLATE, EnvConfig, SearchEnv, TextTokenizer
 from prm.envs.qa_data import QAExample
 from prm.envs.retrieval.base import Retriever
-from prm.envs.rollout import DEFAULT_ROLLOUT, EpisodeEnd, RolloutConfig, rollout
 from prm.envs.synthetic_world import Question, World
 from prm.models import Transformer
+from prm.rollouts import DEFAULT_ROLLOUT, EpisodeEnd, RolloutConfig, rollout
 from prm.sampling import Sampler
 
 ALL = "all"
@@ -53,6 +53,8 @@ def evaluate_policy(
     """
     if not rollout_config.sampling.greedy:
         raise ValueError("evaluate_policy decodes greedily: pass RolloutConfig(sampling=GREEDY).")
+    if rollout_config.group_size != 1:
+        raise ValueError("evaluate_policy plays each example once: pass group_size=1.")
     if not examples:
         raise ValueError("evaluate_policy: no examples to evaluate.")
     sampler = Sampler(model, pad_token_id=tokenizer.pad_token_id)
@@ -60,21 +62,14 @@ def evaluate_policy(
     records = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = rollout(
-            sampler,
-            env,
-            tokenizer,
-            [e.question for e in chunk],
-            [e.golden_answers for e in chunk],
-            rollout_config,
-        )
+        batch = rollout(sampler, env, tokenizer, chunk, rollout_config)
         for b, example in enumerate(chunk):
             records.append(
                 {
                     "uid": example.uid,
                     "data_source": example.data_source,
                     "question": example.question,
-                    "answer": batch.episodes[b].answer,
+                    "answer": batch.answers[b],
                     "em": float(batch.em[b]),
                     "f1": float(batch.f1[b]),
                     "turns": int(batch.num_turns[b]),

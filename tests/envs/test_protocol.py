@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -199,10 +201,14 @@ def test_outcome_scores():
     assert P.outcome_scores(None, ["Paris"]) == (0.0, 0.0)
 
 
+def qa_tasks(golds):
+    return [P.QATask(f"q{i + 1}", (gold,)) for i, gold in enumerate(golds)]
+
+
 def test_env_runs_batched_episodes():
     retriever = FakeRetriever()
     env = P.SearchEnv(retriever, P.EnvConfig(topk=2, max_turns=2, max_obs_tokens=None))
-    prompts = env.reset(["q1", "q2", "q3"], [["Paris"], ["Rome"], ["Oslo"]])
+    prompts = env.reset(qa_tasks(["Paris", "Rome", "Oslo"]))
     assert prompts[0] == P.render_prompt("q1")
 
     results = env.step(
@@ -210,7 +216,9 @@ def test_env_runs_batched_episodes():
     )
     assert retriever.calls == [["a"]]  # one batched call, only for the search
     assert results[0].step_text == "<search> a </search>"
-    assert results[0].observation == P.format_observation(retriever.retrieve(["a"], 2)[0])
+    passages = retriever.retrieve(["a"], 2)[0]
+    assert results[0].observation == P.format_observation(passages)
+    assert results[0].info == {"query": "a", "passages": passages}
     assert (
         results[1].action.kind == "invalid" and results[1].observation == P.INVALID_ACTION_FEEDBACK
     )
@@ -218,37 +226,92 @@ def test_env_runs_batched_episodes():
 
     results = env.step(["<answer>paris</answer>", "<search>b</search>", None])
     assert results[0].done and results[0].reward == 1.0
-    assert not results[1].done and results[2].done
+    assert not results[1].done and results[2] is None  # no text, no step
     # q2 used both search-enabled turns; its final call cannot search and scores 0.
     results = env.step([None, "<search> c </search>", None])
     assert results[1].done and results[1].reward == 0.0 and results[1].observation == ""
+    assert results[1].info == {}
     assert env.done == [True, True, True]
     assert [e.turns for e in env.episodes] == [2, 3, 1]
     assert env.episodes[1].queries == ["b"]  # the final call's search is not executed
     kinds = [(s.trainable, s.step_index) for s in env.episodes[1].segments]
     assert kinds == [(False, -1), (True, 0), (False, -1), (True, 1), (False, -1), (True, 2)]
+    assert env.outcomes() == [
+        {"reward": 1.0, "em": 1.0, "f1": 1.0},
+        {"reward": 0.0, "em": 0.0, "f1": 0.0},
+        {"reward": 1.0, "em": 1.0, "f1": 1.0},
+    ]
 
 
 def test_env_forced_answer_before_the_final_call():
     env = P.SearchEnv(
-        FakeRetriever(), P.EnvConfig(max_turns=1, max_obs_tokens=None, forced_answer="\n<answer>")
+        FakeRetriever(),
+        P.EnvConfig(
+            max_turns=2, max_obs_tokens=None, forced_answer="\n<answer>", after_observation="<t>"
+        ),
     )
-    env.reset(["q"], [["Paris"]])
+    env.reset(qa_tasks(["Paris"]))
     (result,) = env.step(["<search> q </search>"])
+    assert result.observation.endswith("</information>\n\n<t>")
+    (result,) = env.step(["<search> r </search>"])
+    # The forced answer replaces `after_observation` before the final call.
     assert result.observation.endswith("</information>\n\n\n<answer>")
+    assert env.episodes[0].segments[-1] == P.Segment(result.observation, False)
     (result,) = env.step([" Paris </answer>"])
     assert result.done and result.reward == 1.0 and result.action == P.Action("answer", "Paris")
-    assert env.episodes[0].segments[-1] == P.Segment(" Paris </answer>", True, 1)
+    assert env.episodes[0].segments[-1] == P.Segment(" Paris </answer>", True, 2)
+
+
+class FlakyRetriever(FakeRetriever):
+    """Raises on its first `failures` calls (a retrieval server that is down), then answers."""
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+
+    def retrieve(self, queries, topk):
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("retriever unreachable")
+        return super().retrieve(queries, topk)
+
+
+def test_a_failed_retrieval_leaves_every_episode_as_it_was():
+    config = P.EnvConfig(topk=1, max_turns=1, max_obs_tokens=None, forced_answer="<answer>")
+    golds = ["Paris", "Rome", "Oslo", "Bern"]
+    first = ["<search> a </search>", "<search> b </search>", None, None]
+    # One call with an answer (after the forced opening), a final call without an answer, a
+    # search and an invalid step; the retriever fails on it once.
+    texts = ["Paris </answer>", "junk", "<search> c </search>", "junk"]
+    retriever = FlakyRetriever(failures=0)
+    env = P.SearchEnv(retriever, config)
+    env.reset(qa_tasks(golds))
+    env.step(first)
+    before = copy.deepcopy(env.episodes)
+    retriever.failures = 1
+    with pytest.raises(ConnectionError):
+        env.step(texts)
+    assert env.episodes == before and env.done == [False] * 4
+    # The retry applies the step once, as if the failure never happened.
+    results = env.step(texts)
+    reference = P.SearchEnv(FakeRetriever(), config)
+    reference.reset(qa_tasks(golds))
+    reference.step(first)
+    assert results == reference.step(texts) and env.episodes == reference.episodes
+    assert env.done == [True, True, False, False] and env.outcomes()[0]["em"] == 1.0
 
 
 def test_env_errors():
     with pytest.raises(ValueError, match="give SearchEnv a tokenizer"):
         P.SearchEnv(FakeRetriever(), P.EnvConfig(max_obs_tokens=100))
     env = P.SearchEnv(FakeRetriever(), P.EnvConfig(max_obs_tokens=None))
-    with pytest.raises(ValueError, match="2 questions but 1"):
-        env.reset(["a", "b"], [["x"]])
+    with pytest.raises(ValueError, match="string `question`"):
+        env.reset([("a", ["x"])])
     with pytest.raises(ValueError, match="nonempty list"):
-        env.reset(["a"], [[]])
-    env.reset(["a"], [["x"]])
+        env.reset([P.QATask("a", ())])
+    env.reset(qa_tasks(["x"]))
     with pytest.raises(ValueError, match="2 texts for 1 episodes"):
         env.step(["x", "y"])
+    env.step(["<answer> x </answer>"])
+    with pytest.raises(ValueError, match="episode 0 is over"):
+        env.step(["<answer> x </answer>"])

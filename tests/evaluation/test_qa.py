@@ -10,9 +10,9 @@ from flax import nnx
 from prm.envs import protocol as P
 from prm.envs.assets import load_world_assets
 from prm.envs.expert import ExpertConfig
-from prm.envs.rollout import RolloutConfig
 from prm.evaluation import qa as E
 from prm.models import ModelConfig, Transformer
+from prm.rollouts import RolloutConfig
 from prm.sampling import SamplingParams
 from tests.helpers.worlds import SMALL_WORLD
 

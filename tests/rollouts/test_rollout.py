@@ -1,5 +1,6 @@
 """Multi-turn rollouts: masks and step ids against a hand-built trajectory, forced answers,
-truncation, and the KV-cache rollout against re-prefilling the whole context every turn."""
+truncation, groups, env retries, and the KV-cache rollout against re-prefilling the whole
+context every turn."""
 
 import dataclasses
 import types
@@ -11,12 +12,16 @@ from flax import nnx
 
 from prm.envs import protocol as P
 from prm.envs.assets import load_world_assets
-from prm.envs.rollout import EpisodeEnd, RolloutConfig, rollout
 from prm.models import ModelConfig, Transformer
+from prm.rollouts import EnvStepError, EpisodeEnd, RolloutConfig, SingleTurnEnv, rollout
 from prm.sampling import FinishReason, Generation, Sampler, SamplingParams
 from tests.helpers.worlds import SMALL_WORLD
 
 ENV = P.EnvConfig(topk=2, max_turns=2, max_obs_tokens=None, forced_answer="<answer>")
+
+
+def tasks(questions):
+    return [P.QATask(q.text, q.answers) for q in questions]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,14 @@ class ScriptedSampler:
         self.pad_token_id = tokenizer.pad_token_id
 
     def start(self, prompts, reserve=0):
+        self.prefilled = [list(p) for p in prompts]
         self.contexts = [list(p) for p in prompts]
         self.calls = [0] * len(prompts)
+        return self
+
+    def fork(self, k):
+        self.contexts = [list(c) for c in self.contexts for _ in range(k)]
+        self.calls = [0] * len(self.contexts)
         return self
 
     def generate(self, max_new_tokens, *, key=None, sampling=None, stops=(), active=None):
@@ -83,8 +94,7 @@ def test_scripted_episodes_match_a_hand_built_trajectory(assets):
         sampler,
         env,
         tokenizer,
-        [bridge.text, single.text],
-        [bridge.answers, single.answers],
+        tasks([bridge, single]),
         RolloutConfig(max_length=512),
     )
 
@@ -113,8 +123,12 @@ def test_scripted_episodes_match_a_hand_built_trajectory(assets):
     ).all()
     # The session saw exactly the trajectory: generated tokens plus the forced ones.
     assert sampler.contexts[0] == expected.tokens.tolist()
-    assert batch.episodes[0].queries == [query0, query1]
-    assert batch.episodes[0].answer == "1999"
+    # Per-step metadata: each step's action, and for executed searches the query and passages.
+    assert [s.action.kind for s in batch.steps[0]] == ["search", "search", "answer"]
+    assert [s.info["query"] for s in batch.steps[0][:2]] == [query0, query1]
+    assert batch.steps[0][0].info["passages"] == retriever.retrieve([query0], ENV.topk)[0]
+    assert batch.answers == ["1999", single.answers[0]]
+    assert batch.step_rewards.tolist() == [[0.0, 0.0, batch.em[0]], [1.0, 0.0, 0.0]]
     assert batch.finish_reason[0] == EpisodeEnd.ANSWER and batch.num_turns[0] == 3
     # Log-probs sit on the sampled tokens, in order: step 2's k-th token has -(k+1)/100.
     step2 = np.flatnonzero(batch.step_id[0] == 2)
@@ -135,13 +149,13 @@ def test_step_ids_increase_and_masks_agree(assets):
         ["<search> b </search>", "<search> c </search>", "<search> d </search>"],
         ["junk", "junk", "junk"],
     ]
+    env_config = dataclasses.replace(ENV, after_observation="<think>")
     batch = rollout(
         ScriptedSampler(tokenizer, scripts),
-        P.SearchEnv(assets.retriever, ENV, tokenizer, P.COMPACT_TEMPLATE),
+        P.SearchEnv(assets.retriever, env_config, tokenizer, P.COMPACT_TEMPLATE),
         tokenizer,
-        [q.text for q in questions],
-        [q.answers for q in questions],
-        RolloutConfig(max_length=512, after_observation="<think>"),
+        tasks(questions),
+        RolloutConfig(max_length=512),
     )
     np.testing.assert_array_equal(batch.loss_mask, (batch.step_id >= 0).astype(np.float32))
     assert not (batch.loss_mask.astype(bool) & ~batch.input_mask).any()
@@ -173,8 +187,7 @@ def test_context_cap_truncates_the_episode(assets):
         ScriptedSampler(tokenizer, scripts),
         P.SearchEnv(assets.retriever, ENV, tokenizer, P.COMPACT_TEMPLATE),
         tokenizer,
-        [question.text],
-        [question.answers],
+        tasks([question]),
         RolloutConfig(max_length=cap),
     )
     assert batch.tokens.shape == (1, cap) and batch.input_mask.all()
@@ -188,10 +201,101 @@ def test_prompt_longer_than_the_cap_is_an_error(assets):
             ScriptedSampler(assets.tokenizer, [["x"]]),
             P.SearchEnv(assets.retriever, ENV, assets.tokenizer, P.COMPACT_TEMPLATE),
             assets.tokenizer,
-            ["What is the birthplace of X?"],
-            [["Y"]],
+            [P.QATask("What is the birthplace of X?", ("Y",))],
             RolloutConfig(max_length=8),
         )
+
+
+class FlakyRetriever:
+    """A retriever that raises on its first `failures` calls, then answers like `retriever`."""
+
+    def __init__(self, retriever, failures):
+        self.retriever, self.failures, self.calls = retriever, failures, 0
+
+    def retrieve(self, queries, topk):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError(f"retriever unreachable (call {self.calls})")
+        return self.retriever.retrieve(queries, topk)
+
+
+FLAKY_SCRIPTS = [
+    ["<search> a </search>", "<answer> x </answer>"],
+    ["<answer> y </answer>"],
+    ["<search> b </search>", "<search> c </search>", "z </answer>"],
+]
+
+
+def _play_scripted(assets, retriever, config):
+    questions = assets.world.split("dev")[:3]
+    env = P.SearchEnv(retriever, ENV, assets.tokenizer, P.COMPACT_TEMPLATE)
+    sampler = ScriptedSampler(assets.tokenizer, FLAKY_SCRIPTS)
+    return rollout(sampler, env, assets.tokenizer, tasks(questions), config)
+
+
+def test_a_flaky_retriever_is_retried_and_changes_nothing(assets):
+    config = RolloutConfig(max_length=512, env_retries=2, env_backoff_s=0.0)
+    flaky = FlakyRetriever(assets.retriever, failures=2)
+    batch = _play_scripted(assets, flaky, config)
+    reference = _play_scripted(assets, assets.retriever, config)
+    # Each failed call left the episodes as they were: the retried rollout is the same one.
+    assert flaky.calls == 2 + 2  # two failures, then the two steps that search
+    for field in ("tokens", "loss_mask", "step_id", "finish_reason", "num_turns"):
+        np.testing.assert_array_equal(getattr(batch, field), getattr(reference, field))
+    assert batch.steps == reference.steps and batch.answers == ["x", "y", "z"]
+
+
+def test_a_retriever_that_stays_down_gives_one_clear_error(assets):
+    config = RolloutConfig(max_length=512, env_retries=2, env_backoff_s=0.0)
+    flaky = FlakyRetriever(assets.retriever, failures=3)
+    with pytest.raises(EnvStepError, match="SearchEnv.step failed 3 times at step 0") as error:
+        _play_scripted(assets, flaky, config)
+    assert "ConnectionError: retriever unreachable (call 3)" in str(error.value)
+    assert isinstance(error.value.__cause__, ConnectionError) and flaky.calls == 3
+
+
+def test_groups_prefill_each_task_once_and_share_a_group_id(assets):
+    tokenizer = assets.tokenizer
+    questions = assets.world.split("dev")[:2]
+    scripts = [  # rows 0-2 play question 0, rows 3-5 question 1
+        ["<answer> a </answer>"], ["<search> s </search>", "<answer> b </answer>"], ["junk"] * 4,
+        ["<answer> c </answer>"], ["<answer> d </answer>"], ["<answer> e </answer>"],
+    ]  # fmt: skip
+    sampler = ScriptedSampler(tokenizer, scripts)
+    env = P.SearchEnv(assets.retriever, ENV, tokenizer, P.COMPACT_TEMPLATE)
+    config = RolloutConfig(max_length=512, group_size=3)
+    batch = rollout(sampler, env, tokenizer, tasks(questions), config)
+    prompts = [tokenizer.encode(P.render_prompt(q.text, P.COMPACT_TEMPLATE)) for q in questions]
+    assert sampler.prefilled == prompts  # one prefill per task, forked to its group
+    assert batch.group_id.tolist() == [0, 0, 0, 1, 1, 1]
+    for b in range(6):
+        n = len(prompts[b // 3])
+        np.testing.assert_array_equal(batch.tokens[b, :n], prompts[b // 3])
+    assert batch.answers == ["a", "b", None, "c", "d", "e"]
+    assert batch.num_turns.tolist() == [1, 2, 3, 1, 1, 1]
+    assert batch.finish_reason[2] == EpisodeEnd.NO_ANSWER and batch.em[2] == 0.0
+
+
+def test_single_turn_env_scores_the_completion(assets):
+    # Chain arithmetic: the reward is 1 when the completion is the value of the expression.
+    tokenizer = assets.tokenizer
+    env = SingleTurnEnv(
+        lambda task: f"{task[0]} + {task[1]} = ",
+        lambda task, text: {"reward": float(text.strip() == str(sum(task))), "length": len(text)},
+        stop_strings=["\n"],
+    )
+    scripts = [["5\nmore"], ["8"]]
+    sampler = ScriptedSampler(tokenizer, scripts)
+    batch = rollout(sampler, env, tokenizer, [(2, 3), (4, 5)], RolloutConfig(max_length=64))
+    assert batch.reward.tolist() == [1.0, 0.0] and batch.outcome["length"].tolist() == [2.0, 1.0]
+    assert batch.answers == ["5", "8"] and batch.num_turns.tolist() == [1, 1]
+    assert batch.finish_reason.tolist() == [EpisodeEnd.ANSWER] * 2
+    for b, script in enumerate(scripts):
+        # Trained tokens are exactly the completion the sampler produced (not cut by the env).
+        completion = tokenizer.encode(script[0], add_special_tokens=False)
+        np.testing.assert_array_equal(batch.tokens[b][batch.loss_mask[b] > 0], completion)
+    with pytest.raises(KeyError, match="no 'em' outcome"):
+        _ = batch.em
 
 
 class ReprefillSampler:
@@ -205,6 +309,10 @@ class ReprefillSampler:
 
     def start(self, prompts, reserve=0):
         self.contexts = [list(p) for p in prompts]
+        return self
+
+    def fork(self, k):
+        self.contexts = [list(c) for c in self.contexts for _ in range(k)]
         return self
 
     def generate(self, max_new_tokens, **kwargs):
@@ -241,10 +349,7 @@ def tiny_model(assets):
 def _play(assets, sampler, num_questions, config, key=None):
     questions = assets.world.split("dev")[:num_questions]
     env = P.SearchEnv(assets.retriever, ENV, assets.tokenizer, P.COMPACT_TEMPLATE)
-    return rollout(
-        sampler, env, assets.tokenizer, [q.text for q in questions],
-        [q.answers for q in questions], config, key=key,
-    )  # fmt: skip
+    return rollout(sampler, env, assets.tokenizer, tasks(questions), config, key=key)
 
 
 # Episodes stay far below max_length, so every turn decodes with one budget (one compile).
@@ -281,3 +386,24 @@ def test_sampled_rollout_is_reproducible_from_its_key(assets, tiny_model):
     )
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_a_group_samples_like_its_task_repeated_with_one_prefill(assets, tiny_model):
+    config = dataclasses.replace(GREEDY_CONFIG, sampling=SamplingParams(1.0))
+    questions = assets.world.split("dev")[:2]
+    key = jax.random.key(4)
+
+    def play(task_list, config):
+        env = P.SearchEnv(assets.retriever, ENV, assets.tokenizer, P.COMPACT_TEMPLATE)
+        return rollout(Sampler(tiny_model), env, assets.tokenizer, task_list, config, key=key)
+
+    grouped = play(tasks(questions), dataclasses.replace(config, group_size=3))
+    repeated = play(tasks([q for q in questions for _ in range(3)]), config)
+    # Row b draws with fold_in(key, b) either way: forking one prefill changes nothing.
+    for field in ("tokens", "input_mask", "step_id", "finish_reason", "num_turns"):
+        np.testing.assert_array_equal(getattr(grouped, field), getattr(repeated, field))
+    np.testing.assert_allclose(grouped.logprobs, repeated.logprobs, atol=1e-4)
+    assert grouped.group_id.tolist() == [0, 0, 0, 1, 1, 1]
+    assert repeated.group_id.tolist() == list(range(6))
+    # The repeats of a task are different samples.
+    assert len({grouped.tokens[b].tobytes() for b in range(3)}) == 3
