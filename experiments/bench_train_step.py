@@ -4,7 +4,7 @@
     python -m experiments.bench_train_step --repeats=5 --steps=10 \\
         --tunix_python=/root/.cache/prm/bench-tunix/bin/python
 
-prm side: the loop's jitted, donated train step (`prm.training.loop.make_train_step`) with
+prm side: the loop's jitted, donated update (`prm.training.update.make_update_fn`) with
 `prm.training.policy_step.policy_loss` (PPO clip ε=0.2 + dual clip 3, k3 KL β=0.001, token-mean,
 entropy logged). tunix side (0.1.7, run in its own venv in a subprocess because importing tunix
 flips a flax global): `PeftTrainer.jit_train_and_eval_step(cache_nnx_graph=True)`, the step
@@ -67,10 +67,10 @@ def _register_policy_update_trainer() -> None:
 
     @TRAINERS.register("bench_policy_update")
     class _PolicyUpdate(Trainer):
-        def loss(self, model, batch, rng):
-            return policy_loss(model, batch, loss_config)
+        def loss(self, models, batch, rng):
+            return policy_loss(models["policy"], batch, loss_config)
 
-        def evaluate(self, model, step):
+        def evaluate(self, models, step):
             return {}
 
 
@@ -81,8 +81,9 @@ def prm_step():
 
     from configs.common import base_config
     from prm.registry import TRAINERS
-    from prm.training.loop import build_run, make_train_step
+    from prm.training.loop import build_run
     from prm.training.sharding import global_batch
+    from prm.training.update import make_update_fn
 
     if "bench_policy_update" not in TRAINERS:
         _register_policy_update_trainer()
@@ -104,11 +105,12 @@ def prm_step():
     run.checkpointer.close()
     with jax.set_mesh(run.mesh):
         batch = global_batch(host_batch, run.mesh)
-    train_step = make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
+    update = make_update_fn(run, BATCH)
+    rows = np.arange(BATCH, dtype=np.int32)
 
     def step():
         with jax.set_mesh(run.mesh):
-            run.state, metrics = train_step(run.state, run.frozen, batch)
+            run.state, metrics = update(run.state, run.frozen, batch, rows)
         jax.block_until_ready(metrics)
 
     for _ in range(2):

@@ -47,6 +47,7 @@ def aggregate_loss(
     mode: Aggregation = "token-mean",
     *,
     norm_length: float | None = None,
+    normalizer: chex.Array | None = None,
 ) -> chex.Array:
     """Reduces a `[..., T]` per-token loss to a scalar; modes in the module docstring.
 
@@ -56,6 +57,10 @@ def aggregate_loss(
       mode: aggregation mode.
       norm_length: the constant of "seq-mean-token-sum-norm" (default T); keep it fixed across
         steps (e.g. the generation budget) for Dr. GRPO's unbiasedness.
+      normalizer: divide by this count instead of the batch's own — the number of masked tokens
+        ("token-mean") or of sequences with a masked token (the "seq-mean-*" modes) of a larger
+        batch this one is a micro-batch of. The micro-batch losses then add up to the batch's
+        loss exactly (gradient accumulation, `prm.training.update`).
     """
     chex.assert_equal_shape([per_token, mask])
     if per_token.ndim < 1:
@@ -65,6 +70,8 @@ def aggregate_loss(
     if norm_length is not None and mode != "seq-mean-token-sum-norm":
         raise ValueError("norm_length is only used by 'seq-mean-token-sum-norm'.")
     if mode == "token-mean":
+        if normalizer is not None:
+            return masked_sum(per_token, mask) / jnp.maximum(normalizer, 1)
         return masked_mean(per_token, mask)
     nonempty = jnp.any(mask.astype(bool), axis=-1)
     if mode == "seq-mean-token-mean":
@@ -76,6 +83,8 @@ def aggregate_loss(
         if norm_length <= 0:
             raise ValueError(f"norm_length must be positive, got {norm_length}.")
         per_sequence = per_sequence / norm_length
+    if normalizer is not None:
+        return masked_sum(per_sequence, nonempty) / jnp.maximum(normalizer, 1)
     return masked_mean(per_sequence, nonempty)
 
 
@@ -91,6 +100,7 @@ def ppo_policy_loss(
     ratio_level: Literal["token", "sequence"] = "token",
     aggregation: Aggregation = "token-mean",
     norm_length: float | None = None,
+    normalizer: chex.Array | None = None,
 ) -> tuple[chex.Array, dict[str, chex.Array]]:
     """PPO clipped surrogate, optionally with a sequence-level ratio, asymmetric and dual clip.
 
@@ -118,7 +128,7 @@ def ppo_policy_loss(
       clip_eps_low, clip_eps_high: clip range [1 − ε_low, 1 + ε_high].
       clip_ratio_c: dual-clip constant (> 1), or None to disable.
       ratio_level: "token" or "sequence".
-      aggregation, norm_length: see `aggregate_loss`.
+      aggregation, norm_length, normalizer: see `aggregate_loss`.
 
     Returns:
       `(loss, metrics)`: metrics are token means over the mask of "clip_fraction" (the clipped
@@ -167,7 +177,9 @@ def ppo_policy_loss(
         dual_active = (advantages < 0) & (per_token > cap)
         per_token = jnp.where(advantages < 0, jnp.minimum(per_token, cap), per_token)
         dual_clip_fraction = masked_mean(dual_active.astype(per_token.dtype), mask)
-    loss = aggregate_loss(per_token, mask, aggregation, norm_length=norm_length)
+    loss = aggregate_loss(
+        per_token, mask, aggregation, norm_length=norm_length, normalizer=normalizer
+    )
     metrics = {
         "clip_fraction": clip_fraction,
         "dual_clip_fraction": dual_clip_fraction,
@@ -279,7 +291,7 @@ def value_loss(
       returns: `[..., T]` targets (e.g. GAE λ-returns).
       mask: `[..., T]` tokens the critic is trained on.
       clip_range: c, or None.
-      aggregation, norm_length: see `aggregate_loss`.
+      aggregation, norm_length, normalizer: see `aggregate_loss`.
 
     Returns:
       `(loss, metrics)` with "value_clip_fraction", the token fraction where the clipped branch

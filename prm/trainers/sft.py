@@ -15,7 +15,6 @@ SFT warm start, training it once per workdir.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,17 +26,21 @@ from flax import nnx
 
 from prm.data import make_data_source
 from prm.evaluation import evaluate_world_config, flatten_tables, write_tables
-from prm.masked import masked_count, masked_mean
+from prm.masked import masked_count, masked_mean, masked_sum
 from prm.registry import TRAINERS
-from prm.training.loop import train
+from prm.training.loop import ensure_warm_start
 from prm.training.sharding import global_batch
 from prm.training.trainer import Trainer
+from prm.training.update import loss_normalizer
 
 
 def next_token_loss(
     model: nnx.Module, batch: Mapping[str, jax.Array]
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(masked mean NLL, {"accuracy", "target_tokens"}) of next-token prediction on `batch`."""
+    """(masked mean NLL, {"accuracy", "target_tokens"}) of next-token prediction on `batch`.
+
+    Inside the update loop the NLL sum is divided by the mini-batch's target count
+    (`loss_normalizer`), so micro-batch losses add up to the mini-batch loss."""
     tokens, loss_mask = batch["tokens"], batch["loss_mask"]
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, loss_mask])
@@ -46,7 +49,12 @@ def next_token_loss(
     targets, target_mask = tokens[:, 1:], loss_mask[:, 1:]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return masked_mean(nll, target_mask), {
+    normalizer = loss_normalizer(batch, "token-mean")
+    if normalizer is None:
+        loss = masked_mean(nll, target_mask)
+    else:
+        loss = masked_sum(nll, target_mask) / jnp.maximum(normalizer, 1)
+    return loss, {
         "accuracy": masked_mean(correct, target_mask),
         "target_tokens": masked_count(target_mask),
     }
@@ -62,14 +70,15 @@ class SFTTrainer(Trainer):
         self._eval_loss = nnx.jit(next_token_loss)
 
     def loss(
-        self, model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array
+        self, models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array], rng: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         del rng
-        return next_token_loss(model, batch)
+        return next_token_loss(models["policy"], batch)
 
-    def evaluate(self, model: nnx.Module, step: int) -> dict[str, float]:
+    def evaluate(self, models: Mapping[str, nnx.Module], step: int) -> dict[str, float]:
         """Loss and accuracy (token means) over the first `eval.num_batches` batches of the eval
         split, plus `qa/<agent>/<group>/{n,em,f1}` when the config has an `eval.qa` block."""
+        model = models["policy"]
         results = self._heldout_loss(model)
         if "qa" in self.config.eval:
             qa = self.config.eval.qa
@@ -94,13 +103,8 @@ class SFTTrainer(Trainer):
 
 
 def ensure_sft_checkpoint(workdir: str, config: Any) -> str:
-    """The HF export of the SFT run in `workdir`, training it first if it does not exist yet.
-
-    A run interrupted before its export resumes from its last checkpoint.
-    """
+    """The HF export of the SFT run `config` in `workdir`, training it first if it does not
+    exist yet (`prm.training.loop.ensure_warm_start`)."""
     if not config.export_hf:
         raise ValueError("ensure_sft_checkpoint needs config.export_hf=True (the HF export).")
-    export = os.path.join(workdir, "hf")
-    if not os.path.isfile(os.path.join(export, "config.json")):
-        train(config, workdir)
-    return export
+    return ensure_warm_start(config, workdir)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -49,16 +50,31 @@ from prm.registry import TRAINERS
 from prm.training.checkpoints import Checkpointer, IncompatibleCheckpointError, RunError
 from prm.training.lora import merge_lora
 from prm.training.metrics_writer import MetricsWriter
-from prm.training.optim import count_params, make_optimizer, trainable_filter
+from prm.training.optim import count_params, make_part_optimizer, updates_per_step
 from prm.training.sharding import (
     DEFAULT_RULES,
     global_batch,
     make_mesh,
-    replicated,
     tree_shardings,
 )
-from prm.training.state import TrainState, build_model
+from prm.training.state import TrainState, build_parts, merge_parts
 from prm.training.trainer import Trainer
+from prm.training.update import (
+    check_update_config,
+    make_prepare_fn,
+    make_update_fn,
+    minibatch_orders,
+)
+
+# One update per train step on the whole batch (configs add an `update` block to change it).
+DEFAULT_UPDATE = ml_collections.ConfigDict(
+    {
+        "ppo_epochs": 1,
+        "num_mini_batches": 1,
+        "micro_batch_size": 0,  # rows per micro-batch; 0: the whole mini-batch
+        "shuffle": True,  # a new row order per epoch when there are several updates
+    }
+)
 
 # Config keys that only steer how a run is driven; a resumed run may change them. (`total_steps`
 # is not one: it sets the learning-rate schedule.)
@@ -99,25 +115,40 @@ def resolve_workdir(workdir: str) -> str:
 
 @dataclasses.dataclass
 class Run:
-    """A built run: the model split into trainable state and frozen params, plus its tools."""
+    """A built run: named model parts split into trainable state and frozen params, plus tools.
+
+    Parts (`Run.parts`): "policy" always; "reference" when `config.reference` asks for one (a
+    frozen copy of the initial policy, or the policy with its LoRA adapters zeroed — no second
+    copy of the base weights); and every extra trainable part of `config.parts` (an implicit
+    PRM, a value model), each with its own optimiser settings. All trainable parts live in one
+    `TrainState`, so one checkpoint holds them and resume stays exact.
+    """
 
     config: Any
     workdir: str
     mesh: jax.sharding.Mesh
     trainer: Trainer
     model_config: ModelConfig
-    graphdef: nnx.GraphDef
-    frozen: nnx.State
+    graphdefs: dict[str, nnx.GraphDef]
+    frozen: dict[str, nnx.State]
     state: TrainState
     state_shardings: Any
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     checkpointer: Checkpointer
 
-    def model(self, state: TrainState | None = None) -> nnx.Module:
-        """The full model with the params of `state` (default: the run's current state)."""
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.graphdefs)
+
+    def models(self, state: TrainState | None = None) -> dict[str, nnx.Module]:
+        """Every part as a module with the params of `state` (default: the current state)."""
         state = self.state if state is None else state
-        return nnx.merge(self.graphdef, state.params, self.frozen)
+        return merge_parts(self.graphdefs, state.params, self.frozen)
+
+    def model(self, state: TrainState | None = None) -> nnx.Module:
+        """The policy with the params of `state` (default: the run's current state)."""
+        return self.models(state)["policy"]
 
 
 def config_from_workdir(
@@ -188,24 +219,18 @@ def initialize_distributed(config: Any) -> None:
 
 
 def build_run(config: Any, workdir: str, devices: Sequence[jax.Device] | None = None) -> Run:
-    """Mesh (over `devices`, default all), trainer, sharded model and optimiser state, and
-    checkpointer; nothing is restored yet."""
+    """Mesh (over `devices`, default all), sharded model parts, optimiser state, trainer and
+    checkpointer; nothing is restored yet. The trainer is built last, with the initial parts."""
     initialize_distributed(config)
     mesh = make_mesh(config.mesh, devices)
     rules = tuple(tuple(rule) for rule in config.sharding_rules) or DEFAULT_RULES
     with jax.set_mesh(mesh):
-        trainer = TRAINERS.get(config.trainer)(config, mesh, workdir)
-        model, model_config = build_model(config, mesh, rules)
-        is_trainable = trainable_filter(config.optim.freeze, lora=config.lora.rank > 0)
-        graphdef, params, frozen = nnx.split(model, is_trainable, ...)
-        if not jax.tree.leaves(params):
-            raise ValueError(
-                f"No trainable parameters: optim.freeze={tuple(config.optim.freeze)} freezes "
-                "every parameter."
-            )
-        tx, schedule = make_optimizer(config.optim, config.total_steps)
+        if config.get("warm_start"):
+            config = _with_warm_start(config)
+        graphdefs, params, frozen, model_config = build_parts(config, mesh, rules)
+        tx, schedule = make_part_optimizer(config, updates_per_step(config))
 
-        def init_state(params: nnx.State) -> TrainState:
+        def init_state(params: dict[str, nnx.State]) -> TrainState:
             return TrainState(
                 step=jnp.zeros((), jnp.int32),
                 params=params,
@@ -216,8 +241,11 @@ def build_run(config: Any, workdir: str, devices: Sequence[jax.Device] | None = 
         abstract = jax.eval_shape(init_state, params)
         state_shardings = tree_shardings(abstract, mesh, rules)
         state = jax.jit(init_state, out_shardings=state_shardings)(params)
+        trainer = TRAINERS.get(config.trainer)(config, mesh, workdir)
+        trainer.setup(merge_parts(graphdefs, state.params, frozen))
     logging.info(
-        "Model: %d trainable / %d frozen parameters; mesh %s.",
+        "Parts %s: %d trainable / %d frozen parameters; mesh %s.",
+        list(graphdefs),
         count_params(params),
         count_params(frozen),
         dict(mesh.shape),
@@ -231,7 +259,7 @@ def build_run(config: Any, workdir: str, devices: Sequence[jax.Device] | None = 
         mesh=mesh,
         trainer=trainer,
         model_config=model_config,
-        graphdef=graphdef,
+        graphdefs=graphdefs,
         frozen=frozen,
         state=state,
         state_shardings=state_shardings,
@@ -239,6 +267,34 @@ def build_run(config: Any, workdir: str, devices: Sequence[jax.Device] | None = 
         schedule=schedule,
         checkpointer=checkpointer,
     )
+
+
+def _with_warm_start(config: Any) -> Any:
+    """`config` with `model.init_from` set to the HF export of its `warm_start` run (a whole
+    config, e.g. the SFT warm start), trained first if no earlier run left it."""
+    hf_dir = ensure_warm_start(config.warm_start, config.get("warm_start_dir", ""))
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.model.init_from = hf_dir
+    resolved.lock()
+    return resolved
+
+
+def ensure_warm_start(warm_start: Any, directory: str = "") -> str:
+    """The HF export of the run `warm_start` (a config), trained once into `directory` (default
+    `$PRM_CACHE_DIR/warm_starts/<trainer>-<hash of the config>`, shared by every run that names
+    the same warm start). A run interrupted before its export resumes from its checkpoint."""
+    if not directory:
+        digest = hashlib.sha256(
+            json.dumps(_config_json(warm_start), sort_keys=True).encode()
+        ).hexdigest()[:12]
+        root = os.environ.get("PRM_CACHE_DIR") or os.path.join("~", ".cache", "prm")
+        directory = os.path.join(root, "warm_starts", f"{warm_start.trainer}-{digest}")
+    directory = resolve_workdir(directory)
+    export = os.path.join(directory, "hf")
+    if not os.path.isfile(os.path.join(export, "config.json")):
+        _say(f"Training the warm start ({warm_start.trainer}) into {directory} (once).")
+        train(warm_start, directory)
+    return export
 
 
 def restore(run: Run, step: int | None = None) -> int:
@@ -287,34 +343,53 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def make_train_step(run: Run, batch_shardings: Any) -> Callable:
-    """The jitted update `(state, frozen, batch) -> (state, metrics)`; `state` is donated."""
-    graphdef, tx, schedule, trainer = run.graphdef, run.tx, run.schedule, run.trainer
+class Stepper:
+    """Runs train steps: the trainer's batch, `prepare`, then the optimiser updates of
+    `prm.training.update` (jitted once per batch shape)."""
 
-    def train_step(state: TrainState, frozen: nnx.State, batch: dict[str, jax.Array]):
-        rng, step_rng = jax.random.split(state.rng)
+    def __init__(self, run: Run):
+        self.run = run
+        self.update = run.config.get("update") or DEFAULT_UPDATE
+        self._prepare = make_prepare_fn(run)
+        self._update_fns: dict[int, Any] = {}
+        self._advance = jax.jit(
+            lambda state: state.replace(step=state.step + 1),
+            in_shardings=(run.state_shardings,),
+            out_shardings=run.state_shardings,
+            donate_argnums=0,
+        )
 
-        def loss_of(params):
-            return trainer.loss(nnx.merge(graphdef, params, frozen), batch, step_rng)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state.step),
-        }
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
-
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, run.frozen)
-    return jax.jit(
-        train_step,
-        in_shardings=(run.state_shardings, frozen_shardings, batch_shardings),
-        out_shardings=(run.state_shardings, replicated(run.mesh)),
-        donate_argnums=0,
-    )
+    def __call__(self, step: int) -> dict[str, float]:
+        run, config = self.run, self.run.config
+        rollout_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
+        started = time.perf_counter()
+        with jax.set_mesh(run.mesh):
+            local, host_metrics = run.trainer.next_batch(run.models(), step, rollout_rng)
+            batch_s = time.perf_counter() - started
+            started = time.perf_counter()
+            batch = global_batch(local, run.mesh)
+            if self._prepare is not None:
+                batch = self._prepare(run.state.params, run.frozen, batch)
+            rows = next(iter(batch.values())).shape[0]
+            _, micro = check_update_config(self.update, rows)
+            if micro not in self._update_fns:
+                self._update_fns[micro] = make_update_fn(run, micro)
+            update = self._update_fns[micro]
+            per_update = []
+            for order in minibatch_orders(self.update, rows, config.seed, step):
+                run.state, device_metrics = update(run.state, run.frozen, batch, order)
+                per_update.append(device_metrics)
+            run.state = self._advance(run.state)
+            per_update = jax.device_get(per_update)
+        update_s = time.perf_counter() - started
+        metrics = {k: float(np.mean([m[k] for m in per_update])) for k in per_update[0]}
+        metrics.update(host_metrics)
+        # The learning rate of this step's first update.
+        metrics["learning_rate"] = float(run.schedule((step - 1) * updates_per_step(config)))
+        metrics["batch_time_s"], metrics["update_time_s"] = batch_s, update_s
+        metrics["step_time_s"] = batch_s + update_s
+        metrics["tokens_per_s"] = self.update.ppo_epochs * local["tokens"].size / update_s
+        return metrics
 
 
 def train(config: Any, workdir: str) -> dict[str, float]:
@@ -344,23 +419,14 @@ def train(config: Any, workdir: str) -> dict[str, float]:
             f"{replaced} metric lines logged after step {start} by the interrupted run are "
             f"recomputed; the old lines are kept in {writer.replaced_path}."
         )
-    train_step = None
+    stepper = Stepper(run)
     metrics: dict[str, float] = {}
     eval_results: dict[str, float] = {}
     saved_step = start
     try:
         with _StopOnSignal() as stop:
             for step in range(start + 1, config.total_steps + 1):
-                with jax.set_mesh(run.mesh):
-                    batch = global_batch(run.trainer.next_batch(run.model()), run.mesh)
-                    if train_step is None:
-                        train_step = make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
-                    started = time.perf_counter()
-                    run.state, device_metrics = train_step(run.state, run.frozen, batch)
-                    metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-                elapsed = time.perf_counter() - started
-                metrics["step_time_s"] = elapsed
-                metrics["tokens_per_s"] = batch["tokens"].size / elapsed
+                metrics = stepper(step)
                 if step % config.log_every == 0 or not _finite(metrics):
                     writer.write(step, metrics)
                 writer.advance(step, metrics)
@@ -377,7 +443,7 @@ def train(config: Any, workdir: str) -> dict[str, float]:
                     step % config.eval_every == 0 or step == config.total_steps
                 ):
                     with jax.set_mesh(run.mesh):
-                        eval_results = run.trainer.evaluate(run.model(), step)
+                        eval_results = run.trainer.evaluate(run.models(), step)
                     writer.write(step, eval_results, prefix="eval/")
                 if step % config.checkpoint_every == 0 or step == config.total_steps:
                     run.checkpointer.save(step, run.state, {"data": run.trainer.data_state()})
@@ -533,7 +599,7 @@ def evaluate(workdir: str, step: int | None = None) -> dict[str, float]:
             f"one yet. Resume it with: python -m experiments.train --workdir={workdir}"
         )
     with jax.set_mesh(run.mesh):
-        results = {k: float(v) for k, v in run.trainer.evaluate(run.model(), step).items()}
+        results = {k: float(v) for k, v in run.trainer.evaluate(run.models(), step).items()}
     run.checkpointer.close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:

@@ -25,7 +25,14 @@ import numpy as np
 import tqdm
 from absl import logging
 
-TIMING_METRICS = ("tokens_per_s", "step_time_s")
+TIMING_METRICS = (
+    "tokens_per_s",
+    "step_time_s",
+    "batch_time_s",
+    "update_time_s",
+    "rollout_time_s",
+    "sampled_tokens_per_s",
+)
 # Reward (mean per sequence), exact match, KL to the reference policy (per token), policy entropy
 # (per token), and the empirical variance of the per-token advantages (the quantity SLATE's
 # variance theorem is about).

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import optax
 from flax import nnx
 
@@ -86,3 +87,32 @@ def trainable_filter(freeze: Sequence[str] = (), lora: bool = False) -> Callable
 
 def count_params(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def updates_per_step(config: Any) -> int:
+    """Optimiser updates per train step: `update.ppo_epochs × update.num_mini_batches`."""
+    update = config.get("update")
+    return 1 if update is None else update.ppo_epochs * update.num_mini_batches
+
+
+def make_part_optimizer(
+    config: Any, updates_per_train_step: int = 1
+) -> tuple[optax.GradientTransformation, Any]:
+    """One optimiser over `{part: params}`: AdamW of `config.optim` for the policy, and for each
+    extra part of `config.parts` the same settings with its own `lr` (`optax.multi_transform`).
+
+    Schedules count optimiser updates: `total_steps × updates_per_train_step`. Returns the
+    transformation and the policy's schedule.
+    """
+    total_updates = config.total_steps * updates_per_train_step
+    policy_tx, schedule = make_optimizer(config.optim, total_updates)
+    transforms = {"policy": policy_tx}
+    for name, part in config.get("parts", {}).items():
+        optim = ml_collections.ConfigDict(config.optim.to_dict())
+        optim.lr = part.lr if part.get("lr") else config.optim.lr
+        transforms[name] = make_optimizer(optim, total_updates)[0]
+
+    def labels(params: dict[str, Any]) -> dict[str, Any]:
+        return {part: jax.tree.map(lambda _, part=part: part, p) for part, p in params.items()}
+
+    return optax.multi_transform(transforms, labels), schedule

@@ -1,16 +1,22 @@
 """What a training method plugs into the generic loop (`prm.training.loop`).
 
 A trainer says where batches come from and what loss they give; the loop owns everything else
-(mesh, sharded init, optimiser, jitted and donated update, checkpoints, metrics, resume):
+(mesh, sharded init of every model part, optimiser, jitted and donated updates with PPO epochs,
+mini- and micro-batches, checkpoints, metrics, resume):
 
     @TRAINERS.register("sft")
     class SFTTrainer(Trainer):
-        def loss(self, model, batch, rng): ...          # traced inside the jitted step
-        def evaluate(self, model, step): ...            # host-side, returns scalars
+        def loss(self, models, batch, rng): ...        # traced inside the jitted update
+        def evaluate(self, models, step): ...          # host-side, returns scalars
 
-RL trainers override `next_batch` to sample with the current model (and compute rewards and
-advantages) before the update; whatever state they keep between steps must be in
-`data_state()` for exact resume.
+`models` maps part names to modules: "policy" always, "reference" when `config.reference` asks
+for one (frozen), and the extra trainable parts of `config.parts` (`prm.training.state`).
+
+RL trainers override `next_batch(models, step, rng)` to sample with the current policy and
+compute rewards and advantages on the host, returning the batch and host metrics (reward, EM,
+rollout timing); `prepare(models, batch)` (jitted, once per step) adds what needs the models
+before the updates (π_old and π_ref log-probs). Whatever state a trainer keeps between steps
+must be in `data_state()` for exact resume.
 """
 
 from __future__ import annotations
@@ -33,21 +39,40 @@ class Trainer(abc.ABC):
         self.workdir = workdir
         self.data = make_data_source(config.data, split="train")
 
-    def next_batch(self, model: nnx.Module) -> dict[str, np.ndarray]:
-        """This host's rows of the next global batch (numpy). `model` is the current policy."""
-        del model
-        return next(self.data)
+    def setup(self, models: Mapping[str, nnx.Module]) -> None:
+        """Called once the initial model parts exist (before any restore): build samplers,
+        judges or anything else that needs them. Default: nothing."""
+        del models
+
+    def next_batch(
+        self, models: Mapping[str, nnx.Module], step: int, rng: jax.Array
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """(this host's rows of the batch of train step `step` (numpy), host-side metrics).
+
+        `models` are the current parts; `rng` is fixed by (seed, step), so a resumed run samples
+        the same batch. Default: the next batch of the config's data source."""
+        del models, step, rng
+        return next(self.data), {}
+
+    def prepare(
+        self, models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """Adds what needs the models before the updates (jit-traced, once per train step):
+        e.g. π_old log-probs recomputed and π_ref log-probs. Default: the batch unchanged."""
+        del models
+        return dict(batch)
 
     @abc.abstractmethod
     def loss(
-        self, model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array
+        self, models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array], rng: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(scalar loss to minimise, scalar metrics) for one global batch; jit-traced."""
+        """(scalar loss to minimise, scalar metrics) for one micro-batch; jit-traced. Divide by
+        `prm.training.update.loss_normalizer(batch, ...)` so micro-batches add up exactly."""
 
     @abc.abstractmethod
-    def evaluate(self, model: nnx.Module, step: int) -> dict[str, float]:
-        """Scalar metrics of `model` after `step` updates (host-side; may jit internally and
-        write result tables into `self.workdir`)."""
+    def evaluate(self, models: Mapping[str, nnx.Module], step: int) -> dict[str, float]:
+        """Scalar metrics of the parts after `step` train steps (host-side; may jit internally
+        and write result tables into `self.workdir`)."""
 
     def tokenizer(self) -> Any | None:
         """The Hugging Face tokenizer of the run's data, saved with the HF export (None: the

@@ -54,5 +54,7 @@ def test_smoke_run_end_to_end(tmp_path, monkeypatch):
     assert table.startswith("| group | n | policy EM | policy F1 | expert EM | expert F1 |")
 
     # The checkpoint exists now: asking for it again does not train.
-    monkeypatch.setattr(sft_trainer, "train", lambda *a: pytest.fail("retrained"))
+    import prm.training.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda *a: pytest.fail("retrained"))
     assert sft_trainer.ensure_sft_checkpoint(workdir, config) == os.path.join(workdir, "hf")

@@ -6,8 +6,8 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from configs.toy import get_config
-from prm.training.loop import build_run, make_train_step
-from prm.training.sharding import constrain, global_batch, make_mesh
+from prm.training.loop import Stepper, build_run
+from prm.training.sharding import constrain, make_mesh
 
 NUM_STEPS = 3
 
@@ -20,14 +20,8 @@ def _config(mesh_shape):
 
 def _train(mesh_shape, devices, workdir):
     run = build_run(_config(mesh_shape), str(workdir), devices=devices)
-    losses, step_fn = [], None
-    with jax.set_mesh(run.mesh):
-        for _ in range(NUM_STEPS):
-            batch = global_batch(run.trainer.next_batch(run.model()), run.mesh)
-            if step_fn is None:
-                step_fn = make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
-            run.state, metrics = step_fn(run.state, run.frozen, batch)
-            losses.append(jax.device_get(metrics))
+    stepper = Stepper(run)
+    losses = [stepper(step) for step in range(1, NUM_STEPS + 1)]
     run.checkpointer.close()
     return run, losses
 
@@ -55,11 +49,11 @@ def test_sharded_steps_match_one_device(mesh_shape, single_device, tmp_path):
 def test_parameters_and_moments_are_sharded_by_the_rules(tmp_path):
     run = build_run(_config((2, 2, 2)), str(tmp_path))
     run.checkpointer.close()
-    q_kernel = run.state.params["layers"][0]["attn"]["q_proj"]["kernel"][...]
+    q_kernel = run.state.params["policy"]["layers"][0]["attn"]["q_proj"]["kernel"][...]
     assert q_kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
     assert len(q_kernel.addressable_shards) == 8
     assert q_kernel.addressable_shards[0].data.shape == (32, 32)  # [64, 64] over fsdp=2, tensor=2
-    adam = run.state.opt_state[1][0]
+    adam = run.state.opt_state.inner_states["policy"].inner_state[1][0]
     mu = adam.mu["layers"][0]["attn"]["q_proj"]["kernel"][...]
     assert mu.sharding.spec == PartitionSpec("fsdp", "tensor")
 

@@ -63,7 +63,9 @@ def test_registered_and_learns_the_toy_task(tmp_path, monkeypatch):
     workdir = str(tmp_path)
     assert sft.ensure_sft_checkpoint(workdir, config) == str(tmp_path / "hf")
     assert (tmp_path / "hf" / "config.json").exists()
-    monkeypatch.setattr(sft, "train", lambda *a: pytest.fail("trained twice"))
+    import prm.training.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda *a: pytest.fail("trained twice"))
     assert sft.ensure_sft_checkpoint(workdir, config) == str(tmp_path / "hf")
 
     results = evaluate(workdir)

@@ -44,10 +44,10 @@ def test_crash_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     original = SFTTrainer.next_batch
 
-    def crash_at_step_8(self, model):
-        if self.data.state()["index"] == 7:
+    def crash_at_step_8(self, models, step, rng):
+        if step == 8:
             raise KeyboardInterrupt("simulated crash")
-        return original(self, model)
+        return original(self, models, step, rng)
 
     monkeypatch.setattr(SFTTrainer, "next_batch", crash_at_step_8)
     with pytest.raises(KeyboardInterrupt):
@@ -70,11 +70,15 @@ def test_crash_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
 @TRAINERS.register("test_nan_from_step_5")
 class _NaNTrainer(SFTTrainer):
-    def next_batch(self, model):
-        batch = super().next_batch(model)
-        if self.data.state()["index"] >= 5:
-            batch["loss_mask"] = batch["loss_mask"] * np.nan
-        return batch
+    def next_batch(self, models, step, rng):
+        batch, metrics = super().next_batch(models, step, rng)
+        rows = len(batch["tokens"])
+        batch["poison"] = np.full(rows, np.nan if step >= 5 else 0.0, np.float32)
+        return batch, metrics
+
+    def loss(self, models, batch, rng):
+        loss, metrics = super().loss(models, batch, rng)
+        return loss + batch["poison"][0], metrics
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
