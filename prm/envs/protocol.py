@@ -1,7 +1,9 @@
 """The Search-R1 trajectory protocol: prompt, tags, step parser, observations, masks, episodes.
 
 Text and tags only, no model (DESIGN.md: "the env knows text and tags, not models"). Follows
-Search-R1 (Jin et al., 2025, arXiv 2503.09516; notes: search_r1_stepsearch.md §1.1-1.4):
+Search-R1 (Jin et al., 2025, arXiv 2503.09516; notes: search_r1_stepsearch.md §1.1-1.4), whose
+prompt is `SEARCH_R1_UPSTREAM_TEMPLATE` (`SEARCH_R1_TEMPLATE` says the same in our wording).
+A trajectory:
 
     policy:  <think> … </think> <search> query </search>
     env:     \\n\\n<information>Doc 1(Title: "T") text\\nDoc 2(…) …</information>\\n\\n
@@ -26,7 +28,6 @@ Deviations from the reference code, all in favour of exact masks:
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -53,14 +54,31 @@ TAGS = (
 STEP_STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)
 
 # Search-R1's instruction (§1.2: answer rule, think rule, search rule, multiplicity, answer
-# format, inline example, then the question), in our wording. For byte-exact reproduction of
-# upstream runs, pass upstream's string as `template`.
+# format, inline example, then the question), in our wording. Released Search-R1 checkpoints
+# were trained on SEARCH_R1_UPSTREAM_TEMPLATE: evaluate them with that one.
 SEARCH_R1_TEMPLATE = (
     "Answer the given question. First reason inside <think> and </think> every time you get new "
     "information. After reasoning, if you lack some knowledge, call a search engine with "
     "<search> query </search>, and it returns the top results between <information> and "
     "</information>. You may search as many times as you want. If no further knowledge is "
     "needed, give the answer inside <answer> and </answer>, without detailed explanation. "
+    "For example, <answer> Beijing </answer>. Question: {question}\n"
+)
+# Upstream Search-R1's prompt, byte for byte: `make_prefix(dp, template_type="base")` in
+# scripts/data_process/nq_search.py of PeterGriffinJin/Search-R1 at commit a14dc3a (the same
+# string is in qa_search_train_merge.py, qa_search_test_merge.py and infer.py), with its f-string
+# field `{question}` kept as a format field; typos ("as your want") included. An interface
+# constant: checkpoints trained on it are evaluated on it (third_party/search_r1/README.md).
+SEARCH_R1_UPSTREAM_TEMPLATE = (
+    "Answer the given question. "
+    "You must conduct reasoning inside <think> and </think> first every time you get new "
+    "information. "
+    "After reasoning, if you find you lack some knowledge, you can call a search engine by "
+    "<search> query </search> and it will return the top searched results between "
+    "<information> and </information>. "
+    "You can search as many times as your want. "
+    "If you find no further external knowledge needed, you can directly provide the answer "
+    "inside <answer> and </answer>, without detailed illustrations. "
     "For example, <answer> Beijing </answer>. Question: {question}\n"
 )
 # The same rules in ~30 tokens, for the synthetic world's 256-token policy.
@@ -74,7 +92,7 @@ INVALID_ACTION_FEEDBACK = (
     "between <answer> and </answer>. Let me try again.\n"
 )
 
-_ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_ACTION_KINDS = ("search", "answer")
 
 
 class TextTokenizer(Protocol):
@@ -133,19 +151,41 @@ def parse_step(text: str) -> Action:
     """Parses one policy step; never raises.
 
     The action is the first complete `<search>…</search>` or `<answer>…</answer>` block, content
-    stripped (Search-R1's regex `<(search|answer)>(.*?)</\\1>`). Missing or empty blocks give an
-    invalid action whose `reason` says what was wrong.
+    stripped: the first match of Search-R1's regex `<(search|answer)>(.*?)</\\1>` (DOTALL), found
+    in linear time by `first_action_block`. Missing or empty blocks give an invalid action whose
+    `reason` says what was wrong.
     """
-    match = _ACTION_RE.search(text)
-    if match is None:
+    block = first_action_block(text)
+    if block is None:
         for open_tag in (SEARCH_OPEN, ANSWER_OPEN):
             if open_tag in text:
                 return Action("invalid", reason=f"{open_tag} is not closed")
         return Action("invalid", reason="no <search> or <answer> block")
-    kind, content = match.group(1), match.group(2).strip()
+    kind, content = block[0], block[1].strip()
     if not content:
         return Action("invalid", reason=f"empty <{kind}> block")
     return Action(kind, content)  # type: ignore[arg-type]
+
+
+def first_action_block(text: str) -> tuple[str, str] | None:
+    """(kind, raw content) of the earliest complete action block, or None; O(len(text)).
+
+    The same block as `re.search(r"<(search|answer)>(.*?)</\\1>", text, re.DOTALL)`, whose
+    every failed start position scans to the end of the text (quadratic in a step of repeated
+    `<search>`). A kind's leftmost block opens at its first open tag if any close tag of that
+    kind follows it (a later open tag would need a close tag even later) and ends at the first
+    such close tag; of the two kinds, the block opening first wins.
+    """
+    best: tuple[int, str, str] | None = None
+    for kind in _ACTION_KINDS:
+        open_tag, close_tag = f"<{kind}>", f"</{kind}>"
+        start = text.find(open_tag)
+        if start < 0 or (best is not None and start > best[0]):
+            continue
+        end = text.find(close_tag, start + len(open_tag))
+        if end >= 0:
+            best = (start, kind, text[start + len(open_tag) : end])
+    return None if best is None else best[1:]
 
 
 def format_documents(passages: Sequence[Passage]) -> str:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import collections
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 # HotpotQA's official F1 (also FlashRAG, ReSearch) scores these answers all-or-nothing.
 _SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
 
@@ -59,11 +60,15 @@ def cover_exact_match(prediction: str, golds: str | Sequence[str]) -> float:
     )
 
 
-def _token_f1(prediction: str, gold: str, special_answers: bool) -> float:
+EmptyRule = Literal["paper", "squad_v2"]
+_EMPTY_RULES = ("paper", "squad_v2")
+
+
+def _token_f1(prediction: str, gold: str, special_answers: bool, empty_rule: EmptyRule) -> float:
     if special_answers and (prediction in _SPECIAL_ANSWERS or gold in _SPECIAL_ANSWERS):
         return float(prediction == gold)
     prediction_tokens, gold_tokens = prediction.split(), gold.split()
-    if not prediction_tokens or not gold_tokens:
+    if empty_rule == "squad_v2" and (not prediction_tokens or not gold_tokens):
         return float(prediction_tokens == gold_tokens)
     common = collections.Counter(prediction_tokens) & collections.Counter(gold_tokens)
     overlap = sum(common.values())
@@ -74,20 +79,51 @@ def _token_f1(prediction: str, gold: str, special_answers: bool) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def f1_score(prediction: str, golds: str | Sequence[str], special_answers: bool = False) -> float:
+def f1_score(
+    prediction: str,
+    golds: str | Sequence[str],
+    special_answers: bool = False,
+    empty_rule: EmptyRule = "paper",
+) -> float:
     """Token F1 of the normalised strings, max over gold answers.
 
     P = |pred ∩ gold| / |pred|, R = |pred ∩ gold| / |gold| with multiset (bag-of-tokens) overlap,
-    F1 = 2PR / (P + R), 0 when nothing overlaps. When either side normalises to no tokens the
-    score is 1.0 if both do, else 0.0 (the SQuAD v2 rule; it keeps EM ≤ F1, which the v1 rule
-    of returning 0 breaks for golds such as "The"). `special_answers=True` applies the HotpotQA /
-    FlashRAG rule: if either side is "yes", "no" or "noanswer", F1 is 1.0 only on equality.
+    F1 = 2PR / (P + R), and 0 when nothing overlaps.
+
+    `empty_rule` says what a side that normalises to no tokens scores:
+      "paper": nothing overlaps, so 0, even when both sides are empty: SQuAD v1's `f1_score`,
+        the rule behind the F1 the papers report (StepSearch, FlashRAG, ReSearch; notes:
+        search_r1_stepsearch.md §4), so scores compare with their tables. EM can then exceed
+        F1: "The" against the gold "a" has EM 1, F1 0.
+      "squad_v2": 1.0 if both sides are empty, else 0.0 (SQuAD v2's no-answer rule; keeps
+        EM ≤ F1).
+    `special_answers=True` applies the HotpotQA / FlashRAG rule: if either side is "yes", "no"
+    or "noanswer", F1 is 1.0 only on equality.
     """
+    if empty_rule not in _EMPTY_RULES:
+        raise ValueError(f"empty_rule must be one of {_EMPTY_RULES}, got {empty_rule!r}.")
     normalized = normalize_answer(prediction)
     return max(
-        _token_f1(normalized, normalize_answer(gold), special_answers)
+        _token_f1(normalized, normalize_answer(gold), special_answers, empty_rule)
         for gold in as_gold_list(golds)
     )
+
+
+def _answer_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each `<answer>…</answer>` span, end past the closing tag; O(len(text)).
+
+    The spans of `re.finditer(r"<answer>(.*?)</answer>", text, re.DOTALL)`, whose every failed
+    start position scans to the end of the text (quadratic in a text of repeated `<answer>`):
+    from each position the next span opens at the next `<answer>` and closes at the first
+    `</answer>` after it; if none follows, no later `<answer>` is closed either.
+    """
+    position = 0
+    while (start := text.find(_ANSWER_OPEN, position)) >= 0:
+        close = text.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
+        if close < 0:
+            return
+        position = close + len(_ANSWER_CLOSE)
+        yield start, position
 
 
 def extract_answer(text: str, min_spans: int = 1) -> str | None:
@@ -95,7 +131,8 @@ def extract_answer(text: str, min_spans: int = 1) -> str | None:
 
     Spans are the non-overlapping non-greedy matches of `<answer>(.*?)</answer>` across lines, as
     in Search-R1's `extract_solution` (an unclosed `<answer>` before a complete span is part of
-    that span's content, as there). Returns None when fewer than `min_spans` spans exist.
+    that span's content, as there); see `_answer_spans`. Returns None when fewer than `min_spans`
+    spans exist.
 
     `min_spans=2` reproduces Search-R1's scoring of prompt + response: its prompt contains the
     example `<answer> Beijing </answer>`, so one span means the response gave no answer. Score
@@ -103,8 +140,11 @@ def extract_answer(text: str, min_spans: int = 1) -> str | None:
     """
     if min_spans < 1:
         raise ValueError(f"min_spans must be >= 1, got {min_spans}.")
-    spans = _ANSWER_SPAN.findall(text)
-    return spans[-1].strip() if len(spans) >= min_spans else None
+    spans = list(_answer_spans(text))
+    if len(spans) < min_spans:
+        return None
+    start, end = spans[-1]
+    return text[start + len(_ANSWER_OPEN) : end - len(_ANSWER_CLOSE)].strip()
 
 
 def answer_is_final(text: str) -> bool:
@@ -112,5 +152,5 @@ def answer_is_final(text: str) -> bool:
 
     StepSearch's format gate (`answer_last_check`): responses failing it get its format penalty.
     """
-    spans = list(_ANSWER_SPAN.finditer(text))
-    return bool(spans) and not text[spans[-1].end() :].strip()
+    spans = list(_answer_spans(text))
+    return bool(spans) and not text[spans[-1][1] :].strip()

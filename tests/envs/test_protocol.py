@@ -1,4 +1,7 @@
 import copy
+import re
+import string
+import time
 
 import numpy as np
 import pytest
@@ -110,6 +113,95 @@ def test_parser_never_raises_and_is_consistent(text):
 @given(st.text(min_size=1).filter(lambda q: q.strip() and "</search>" not in q))
 def test_parser_recovers_any_query(query):
     assert P.parse_step(f"<search>{query}</search>") == P.Action("search", query.strip())
+
+
+# Search-R1's parser (generation.py `postprocess_predictions`), kept as the reference for
+# parse_step's linear-time scan.
+_SEARCH_R1_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+
+def reference_parse_step(text):
+    match = _SEARCH_R1_ACTION.search(text)
+    if match is None:
+        for open_tag in ("<search>", "<answer>"):
+            if open_tag in text:
+                return P.Action("invalid", reason=f"{open_tag} is not closed")
+        return P.Action("invalid", reason="no <search> or <answer> block")
+    kind, content = match.group(1), match.group(2).strip()
+    if not content:
+        return P.Action("invalid", reason=f"empty <{kind}> block")
+    return P.Action(kind, content)
+
+
+# Tags, their fragments and near misses, so that texts hold many overlapping candidate blocks.
+_TAG_PIECES = [*P.TAGS, "<search", "search>", "</search", "<answer", "</", "<", ">", "/", " "]
+_tag_heavy_text = st.lists(
+    st.one_of(st.sampled_from(_TAG_PIECES), st.text(alphabet="ab <>/\n", max_size=4)),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_tag_heavy_text, _tagged_text, st.text(max_size=60)))
+def test_parser_equals_search_r1s_regex(text):
+    assert P.parse_step(text) == reference_parse_step(text)
+
+
+def test_parser_equals_search_r1s_regex_on_random_strings():
+    rng = np.random.default_rng(0)
+    pieces = [*_TAG_PIECES, *string.ascii_lowercase[:3], "\n", "  "]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces, size=rng.integers(0, 30)))
+        assert P.parse_step(text) == reference_parse_step(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<search>" * 8192,  # 64 KB: the regex retries every start position to the end
+        "<answer>" * 8192,
+        "<search><answer>" * 4096,
+        "<search>" * 8192 + "</answer>",
+        "<answer>" * 8192 + "<search> q </search>",
+    ],
+)
+def test_parser_is_linear_on_long_steps(text):
+    # A sanity bound on CPU time (a loaded machine stretches wall time), not a benchmark:
+    # Search-R1's regex takes seconds on these.
+    started = time.process_time()
+    action = P.parse_step(text)
+    assert time.process_time() - started < 0.5
+    if text.endswith("</search>"):
+        assert action == P.Action("search", "q")
+    else:
+        assert action.kind == "invalid" and action.reason.endswith("is not closed")
+
+
+def test_upstream_template_is_search_r1s_prompt():
+    # Notes §1.2: one paragraph, its parts in this order, then "Question: {question}\n".
+    parts = [
+        "Answer the given question.",
+        "You must conduct reasoning inside <think> and </think> first every time you get new "
+        "information.",
+        "After reasoning, if you find you lack some knowledge, you can call a search engine by "
+        "<search> query </search> and it will return the top searched results between "
+        "<information> and </information>.",
+        "You can search as many times as your want.",  # upstream's typo, kept
+        "If you find no further external knowledge needed, you can directly provide the answer "
+        "inside <answer> and </answer>, without detailed illustrations.",
+        "For example, <answer> Beijing </answer>.",
+        "Question: {question}\n",
+    ]
+    assert " ".join(parts) == P.SEARCH_R1_UPSTREAM_TEMPLATE
+    fields = [f for _, f, _, _ in string.Formatter().parse(P.SEARCH_R1_UPSTREAM_TEMPLATE) if f]
+    assert fields == ["question"]
+    prompt = P.render_prompt(
+        " who got the first nobel prize in physics ", P.SEARCH_R1_UPSTREAM_TEMPLATE
+    )
+    assert prompt.endswith("</answer>. Question: who got the first nobel prize in physics?\n")
+    assert prompt.count("\n") == 1 and "  " not in prompt
+    # Our wording stays distinct from upstream's.
+    assert P.SEARCH_R1_TEMPLATE != P.SEARCH_R1_UPSTREAM_TEMPLATE
 
 
 PASSAGES = [

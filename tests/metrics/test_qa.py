@@ -1,3 +1,6 @@
+import re
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,12 +44,26 @@ def test_f1_score_by_hand():
     assert qa.f1_score("dog", "cat") == 0.0
 
 
-def test_f1_score_empty_after_normalisation():
-    # Both sides normalise to nothing: EM 1, so F1 1 (SQuAD v2 rule); one side empty: 0.
+def test_f1_score_empty_after_normalisation_papers_rule():
+    # The default, SQuAD v1 as the papers use it: no overlap is F1 0, even with both sides empty.
     assert qa.exact_match("The", "a") == 1.0
-    assert qa.f1_score("The", "a") == 1.0
+    assert qa.f1_score("The", "a") == 0.0
+    assert qa.f1_score("", "") == 0.0
     assert qa.f1_score("", "Paris") == 0.0
     assert qa.f1_score("Paris", "!!") == 0.0
+    # An empty alias does not lower the max over golds.
+    assert qa.f1_score("Paris", ["The", "paris"]) == 1.0
+
+
+def test_f1_score_empty_after_normalisation_squad_v2_rule():
+    # SQuAD v2's no-answer rule: both empty 1, one empty 0; otherwise the same F1.
+    assert qa.f1_score("The", "a", empty_rule="squad_v2") == 1.0
+    assert qa.f1_score("", "", empty_rule="squad_v2") == 1.0
+    assert qa.f1_score("", "Paris", empty_rule="squad_v2") == 0.0
+    assert qa.f1_score("Paris", "!!", empty_rule="squad_v2") == 0.0
+    assert qa.f1_score("x x", "x x y", empty_rule="squad_v2") == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="empty_rule must be one of"):
+        qa.f1_score("x", "x", empty_rule="squad")
 
 
 def test_f1_score_special_answers_rule():
@@ -113,13 +130,22 @@ def test_normalize_answer_is_idempotent(text):
 
 @settings(max_examples=200, deadline=None)
 @given(prediction=_TEXT, golds=st.lists(_TEXT, min_size=1, max_size=3))
-def test_em_at_most_f1_and_scores_in_unit_interval(prediction, golds):
+def test_f1_rules_bounds_and_symmetry(prediction, golds):
     em = qa.exact_match(prediction, golds)
     f1 = qa.f1_score(prediction, golds)
+    f1_v2 = qa.f1_score(prediction, golds, empty_rule="squad_v2")
     assert em in (0.0, 1.0)
-    assert 0.0 <= em <= f1 <= 1.0
-    assert qa.f1_score(prediction, prediction) == 1.0
-    assert qa.f1_score(prediction, golds[0]) == pytest.approx(qa.f1_score(golds[0], prediction))
+    assert 0.0 <= f1 <= f1_v2 <= 1.0
+    assert em <= f1_v2  # the v2 rule keeps EM <= F1; the papers' rule only off empty answers
+    if qa.normalize_answer(prediction):
+        assert em <= f1
+        assert qa.f1_score(prediction, prediction) == 1.0
+    else:
+        assert f1 == 0.0 and f1_v2 == em
+    for rule in ("paper", "squad_v2"):
+        assert qa.f1_score(prediction, golds[0], empty_rule=rule) == pytest.approx(
+            qa.f1_score(golds[0], prediction, empty_rule=rule)
+        )
 
 
 @settings(max_examples=200, deadline=None)
@@ -128,3 +154,44 @@ def test_extract_answer_never_raises_and_returns_a_substring(text):
     answer = qa.extract_answer(text)
     assert answer is None or answer in text
     assert isinstance(qa.answer_is_final(text), bool)
+
+
+# Search-R1's `extract_solution` / StepSearch's `answer_last_check`, the references for the
+# linear-time span scan.
+_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def reference_extract_answer(text, min_spans=1):
+    spans = _ANSWER_SPAN.findall(text)
+    return spans[-1].strip() if len(spans) >= min_spans else None
+
+
+def reference_answer_is_final(text):
+    spans = list(_ANSWER_SPAN.finditer(text))
+    return bool(spans) and not text[spans[-1].end() :].strip()
+
+
+_SPAN_PIECES = ["<answer>", "</answer>", "<answer", "answer>", "</", "<", ">", "a", " ", "\n"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(st.sampled_from(_SPAN_PIECES), max_size=30).map("".join) | _TEXT)
+def test_answer_spans_equal_search_r1s_regex(text):
+    for min_spans in (1, 2):
+        assert qa.extract_answer(text, min_spans) == reference_extract_answer(text, min_spans)
+    assert qa.answer_is_final(text) == reference_answer_is_final(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "final"),
+    [
+        ("<answer>" * 8192, None, False),  # 64 KB: the regex takes seconds on this one
+        ("<answer>" * 8192 + "</answer>", "<answer>" * 8191, True),
+        ("<answer>x</answer>" * 3641 + "<answer>", "x", False),
+    ],
+)
+def test_answer_spans_are_linear_on_long_texts(text, answer, final):
+    # A sanity bound on CPU time (a loaded machine stretches wall time), not a benchmark.
+    started = time.process_time()
+    assert (qa.extract_answer(text), qa.answer_is_final(text)) == (answer, final)
+    assert time.process_time() - started < 0.5

@@ -4,12 +4,18 @@ Every `RESULT {json}` line the notebook prints is checked against a closed form 
 by hand (T, T − t + 1, Σv/v_t, (1 − 1/k), the coupled return variance) or, for the gradient
 variance and signal-to-noise, against `prm.theory.predict`, which tests/theory/test_variance.py
 checks by exact enumeration. Tolerance: 5 batch-means standard errors (see test_variance.py).
+
+The notebook is committed executed, so that its figures show on the code host; the fresh run
+here must print what the committed outputs show. To refresh them after changing the notebook:
+
+    PYTHONPATH=$PWD python tests/theory/test_notebook.py
 """
 
 import functools
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -20,6 +26,8 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "experiments" / "colab" / "variance_reduction.ipynb"
 Z = 5.0
+# A number as printed: sign, digits, optional fraction and exponent.
+_NUMBER = re.compile(r"[-+]?\d+(?:\.(\d+))?(?:[eE]([-+]?\d+))?")
 
 
 def assert_within(mc, stderr, expected, max_relative_stderr=0.02):
@@ -28,12 +36,15 @@ def assert_within(mc, stderr, expected, max_relative_stderr=0.02):
     np.testing.assert_array_less(stderr, max_relative_stderr * np.abs(expected) + 1e-12)
 
 
-@functools.cache
-def executed():
-    """(notebook after execution, RESULT records grouped by figure)."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    env_backend = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = "Agg"
+def execute(notebook, matplotlib_backend=None):
+    """Runs `notebook` in place with the kernel named "python3", from the repository root.
+
+    `matplotlib_backend="Agg"` skips rendering figures; None keeps the kernel's inline backend,
+    which embeds them as PNG outputs.
+    """
+    env_backend = os.environ.pop("MPLBACKEND", None)
+    if matplotlib_backend is not None:
+        os.environ["MPLBACKEND"] = matplotlib_backend
     try:
         # The kernelspec's "python" resolves to this interpreter, i.e. the project venv.
         nbclient.NotebookClient(
@@ -43,10 +54,49 @@ def executed():
             resources={"metadata": {"path": str(ROOT)}},
         ).execute()
     finally:
-        if env_backend is None:
-            os.environ.pop("MPLBACKEND")
-        else:
+        os.environ.pop("MPLBACKEND", None)
+        if env_backend is not None:
             os.environ["MPLBACKEND"] = env_backend
+    return notebook
+
+
+def printed_lines(notebook):
+    """Per code cell, the lines it printed to stdout, less the wall-clock time."""
+    lines = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            # Joined first: how the kernel splits a cell's output into chunks varies per run.
+            stdout = "".join(
+                output.text
+                for output in cell.outputs
+                if output.output_type == "stream" and output.name == "stdout"
+            )
+            lines.append([ln for ln in stdout.splitlines() if not ln.startswith("notebook ran")])
+    return lines
+
+
+def printed_numbers(line):
+    """(line with each number replaced by #, [(value, tolerance)]) for one printed line.
+
+    The tolerance is one unit in the number's last printed digit: a fresh run may round the
+    other way. For the RESULT lines' full-precision floats, float32 sums whose last digits
+    follow the machine's reduction order, it is at least 1e-5 of the value or 1e-6.
+    """
+    numbers = []
+    for match in _NUMBER.finditer(line):
+        value = float(match.group())
+        if match.group(1) is None and match.group(2) is None:
+            numbers.append((value, 0.0))  # integers (T, t, k) are printed exactly
+            continue
+        unit = 10.0 ** (-len(match.group(1) or "") + int(match.group(2) or 0))
+        numbers.append((value, max(unit, 1e-5 * abs(value), 1e-6)))
+    return _NUMBER.sub("#", line), numbers
+
+
+@functools.cache
+def executed():
+    """(notebook after execution, RESULT records grouped by figure)."""
+    notebook = execute(nbformat.read(NOTEBOOK, as_version=4), matplotlib_backend="Agg")
     records = {}
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
@@ -57,11 +107,36 @@ def executed():
     return notebook, records
 
 
-def test_committed_notebook_has_no_outputs():
+def test_committed_notebook_is_executed_with_its_figures():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert all(not cell.outputs and cell.execution_count is None for cell in code)
     assert 'REPO_URL = "' in code[0].source
+    # Executed in order, top to bottom, without errors.
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    outputs = [output for cell in code for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    # Every plt.show() left its figure in the notebook.
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(figures) == sum(cell.source.count("plt.show()") for cell in code)
+    # Paths name the repository's files, not one machine's.
+    assert "/work/" not in NOTEBOOK.read_text()
+
+
+def test_a_fresh_run_prints_the_committed_figures():
+    committed = printed_lines(nbformat.read(NOTEBOOK, as_version=4))
+    fresh = printed_lines(executed()[0])
+    assert len(fresh) == len(committed)
+    checked = 0
+    for cell, (committed_cell, fresh_cell) in enumerate(zip(committed, fresh)):
+        assert len(fresh_cell) == len(committed_cell), f"code cell {cell}"
+        for committed_line, fresh_line in zip(committed_cell, fresh_cell):
+            committed_text, committed_numbers = printed_numbers(committed_line)
+            fresh_text, fresh_numbers = printed_numbers(fresh_line)
+            assert fresh_text == committed_text
+            for (old, tolerance), (new, _) in zip(committed_numbers, fresh_numbers):
+                assert abs(new - old) <= tolerance * (1 + 1e-9), (committed_line, fresh_line)
+            checked += len(committed_numbers)
+    assert checked > 500  # the tables and RESULT lines, not an empty comparison
 
 
 def test_notebook_runs_and_prints_every_figure():
@@ -152,3 +227,8 @@ def test_notebook_signal_to_noise():
     for record in records["normalised_signal_to_noise"]:
         truncated, full = np.asarray(record["truncated"]), np.asarray(record["full"])
         assert np.all((full > 0) & (full < truncated) & (truncated < 1))
+
+
+if __name__ == "__main__":
+    # Re-executes the notebook with inline figures and writes it back (see the module docstring).
+    nbformat.write(execute(nbformat.read(NOTEBOOK, as_version=4)), NOTEBOOK)

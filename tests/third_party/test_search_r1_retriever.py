@@ -12,6 +12,7 @@ from third_party.search_r1.retriever import (
     RetrieveRequest,
     build_response,
     decode_json,
+    is_blank,
     parse_request,
     parse_response,
 )
@@ -96,11 +97,24 @@ def test_parse_response_accepts_upstream_raw_bm25_documents():
         ({"result": [[{"document": {"id": "1", "contents": "c"}, "score": True}], []]}, "number"),
         ({"result": [[{"document": {"id": "1", "contents": "c"}}], []]}, "number"),
         ({"result": [[{"document": {"id": "1"}, "score": 1.0}], []]}, '"contents"'),
+        (
+            {"result": [[{"document": {"id": "1", "contents": "c"}, "score": 10**400}], []]},
+            "finite",
+        ),
     ],
 )
 def test_parse_response_rejects_off_protocol_bodies(payload, message):
     with pytest.raises(ResponseError, match=message):
         parse_response(payload, num_queries=2, return_scores=True)
+
+
+@pytest.mark.parametrize("score", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_parse_response_rejects_scores_that_are_not_finite(score):
+    # json.loads reads these non-standard tokens (and 1e999) as floats; they must not pass on.
+    body = '{"result": [[{"document": {"id": "1", "contents": "c"}, "score": SCORE}]]}'
+    body = body.replace("SCORE", score)
+    with pytest.raises(ResponseError, match=r'result\[0\]\[0\]: "score" must be a finite number'):
+        parse_response(json.loads(body), num_queries=1, return_scores=True)
 
 
 def test_request_body_is_what_search_r1s_trainer_sends():
@@ -131,10 +145,8 @@ LIMITS = RequestLimits(max_queries=3, max_query_chars=10, max_topk=5)
         ("q", "must be a JSON object"),
         ({}, 'no "queries"'),
         ({"queries": "q"}, "must be a list"),
-        ({"queries": []}, "is empty"),
         ({"queries": ["a", "b", "c", "d"]}, "4 entries, more than the limit 3"),
         ({"queries": [None]}, r'"queries"\[0\] must be a string'),
-        ({"queries": ["\n\t"]}, "only whitespace"),
         ({"queries": ["x" * 11]}, "11 characters, more than the limit 10"),
         ({"queries": ["q"], "topk": 0}, "between 1 and 5, got 0"),
         ({"queries": ["q"], "topk": 6}, "between 1 and 5, got 6"),
@@ -150,13 +162,38 @@ def test_parse_request_rejects_bad_requests_with_400(payload, message):
     assert error.value.status == 400
 
 
+def test_empty_and_blank_queries_are_valid_requests():
+    # Search-R1's trainer posts every turn, with [] when no row searched, and "" for
+    # `<search> </search>`; it reads ["result"] without checking the status.
+    assert parse_request({"queries": []}) == RetrieveRequest(())
+    request = parse_request({"queries": ["", " \n\t", "q"]})
+    assert request.queries == ("", " \n\t", "q")
+    assert [is_blank(q) for q in request.queries] == [True, True, False]
+
+
+@pytest.mark.parametrize("return_scores", [True, False])
+def test_empty_answers_have_the_same_shape_either_way(return_scores):
+    assert build_response([], return_scores) == {"result": []}
+    assert build_response([[], []], return_scores) == {"result": [[], []]}
+    assert parse_response({"result": []}, num_queries=0, return_scores=return_scores) == []
+
+
 def test_limits_are_inclusive():
     request = parse_request({"queries": ["x" * 10] * 3, "topk": 5}, LIMITS)
     assert len(request.queries) == 3 and request.topk == 5
 
 
 @pytest.mark.parametrize(
-    ("body", "message"), [(b"\xff\xfe", "not UTF-8"), (b'{"queries": [', "not valid JSON")]
+    ("body", "message"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b'{"queries": [', "not valid JSON"),
+        # json.loads raises RecursionError and a plain ValueError for these two.
+        (b"[" * 100_000, "nests JSON arrays or objects too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+        (b'{"a": ' * 100_000, "too deeply"),
+        (b'{"queries": ["q"], "topk": ' + b"7" * 5000 + b"}", "integer longer than 4300 digits"),
+    ],
 )
 def test_decode_json_errors(body, message):
     with pytest.raises(RequestError, match=message):

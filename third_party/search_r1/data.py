@@ -15,7 +15,7 @@ Differences from upstream, both additive (upstream readers ignore them):
   `extra_info.index`, which restarts in every source, so questions from different sources
   share a group; prm groups by `uid`.
 - The instruction text is prm's `SEARCH_R1_TEMPLATE` (same structure, our wording) unless the
-  caller passes upstream's string as `template`.
+  caller passes `template=protocol.SEARCH_R1_UPSTREAM_TEMPLATE`, upstream's string.
 """
 
 from __future__ import annotations

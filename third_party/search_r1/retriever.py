@@ -10,6 +10,10 @@ Response, one list per query, best passage first:
     return_scores=true:  {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}
     return_scores=false: {"result": [[{"id", "contents"}, ...], ...]}
 
+An empty `queries` list is answered `{"result": []}` and a blank query with an empty list, in
+both shapes: Search-R1's trainer sends both (a turn where no row searched, `<search> </search>`)
+and reads `["result"]` without checking the status.
+
 Plain dicts and the standard library only, so other tools can use this module on its own.
 """
 
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +42,10 @@ class RequestError(ValueError):
 
 class ResponseError(ValueError):
     """A server answer that does not follow the protocol."""
+
+
+class JSONBodyError(ValueError):
+    """A body that is not UTF-8 JSON the standard library can hold."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +79,35 @@ class RetrieveRequest:
         }
 
 
-def decode_json(body: bytes) -> object:
-    """Parses a UTF-8 JSON body, or raises `RequestError` (400)."""
+def load_json_body(body: bytes) -> object:
+    """Parses a UTF-8 JSON body, or raises `JSONBodyError` saying what is wrong with it.
+
+    Besides syntax errors this refuses nesting deeper than the interpreter's recursion limit
+    (`RecursionError`) and integers longer than `sys.get_int_max_str_digits()` (`ValueError`),
+    which `json.loads` raises as other exceptions.
+    """
     try:
-        return json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RequestError(f"The body is not UTF-8: {e}.") from e
+        raise JSONBodyError(f"The body is not UTF-8: {e}.") from e
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise RequestError(f"The body is not valid JSON: {e.msg} at char {e.pos}.") from e
+        raise JSONBodyError(f"The body is not valid JSON: {e.msg} at char {e.pos}.") from e
+    except RecursionError as e:
+        raise JSONBodyError("The body nests JSON arrays or objects too deeply.") from e
+    except ValueError as e:  # the one other ValueError json.loads raises
+        raise JSONBodyError(
+            f"The body holds an integer longer than {sys.get_int_max_str_digits()} digits."
+        ) from e
+
+
+def decode_json(body: bytes) -> object:
+    """Parses a request body (see `load_json_body`), or raises `RequestError` (400)."""
+    try:
+        return load_json_body(body)
+    except JSONBodyError as e:
+        raise RequestError(str(e)) from e
 
 
 def _is_int(value: object) -> bool:
@@ -87,7 +118,8 @@ def parse_request(payload: object, limits: RequestLimits = DEFAULT_LIMITS) -> Re
     """Validates a decoded request body; unknown fields are ignored, as upstream does.
 
     Types are checked strictly (no `"3"` for 3, no `1` for true) so a misbehaving client gets a
-    message instead of a guess.
+    message instead of a guess. An empty list and blank queries are valid (see the module
+    docstring); `is_blank` tells which queries get no passages.
     """
     if not isinstance(payload, Mapping):
         raise RequestError(f"The body must be a JSON object, got {type(payload).__name__}.")
@@ -96,8 +128,6 @@ def parse_request(payload: object, limits: RequestLimits = DEFAULT_LIMITS) -> Re
     queries = payload["queries"]
     if not isinstance(queries, list):
         raise RequestError(f'"queries" must be a list of strings, got {type(queries).__name__}.')
-    if not queries:
-        raise RequestError('"queries" is empty; send at least one query.')
     if len(queries) > limits.max_queries:
         raise RequestError(
             f'"queries" has {len(queries)} entries, more than the limit {limits.max_queries}; '
@@ -106,8 +136,6 @@ def parse_request(payload: object, limits: RequestLimits = DEFAULT_LIMITS) -> Re
     for i, query in enumerate(queries):
         if not isinstance(query, str):
             raise RequestError(f'"queries"[{i}] must be a string, got {type(query).__name__}.')
-        if not query.strip():
-            raise RequestError(f'"queries"[{i}] is empty or only whitespace.')
         if len(query) > limits.max_query_chars:
             raise RequestError(
                 f'"queries"[{i}] has {len(query)} characters, more than the limit '
@@ -125,6 +153,11 @@ def parse_request(payload: object, limits: RequestLimits = DEFAULT_LIMITS) -> Re
             f'"return_scores" must be true or false, got {type(return_scores).__name__}.'
         )
     return RetrieveRequest(tuple(queries), topk, return_scores)
+
+
+def is_blank(query: str) -> bool:
+    """A query with nothing to search for (empty or whitespace only): answered with no passages."""
+    return not query.strip()
 
 
 def build_response(
@@ -186,6 +219,13 @@ def parse_response(
             score = entry.get("score")
             if not isinstance(score, int | float) or isinstance(score, bool):
                 raise ResponseError(f'{where}: "score" must be a number.')
-            passages.append({**_parse_document(entry["document"], where), "score": float(score)})
+            # json.loads accepts NaN and Infinity and reads 1e999 as inf; a long int overflows.
+            try:
+                value = float(score)
+            except OverflowError:
+                value = math.inf
+            if not math.isfinite(value):
+                raise ResponseError(f'{where}: "score" must be a finite number, got {score!r:.40}.')
+            passages.append({**_parse_document(entry["document"], where), "score": value})
         parsed.append(passages)
     return parsed

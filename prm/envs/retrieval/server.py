@@ -6,8 +6,10 @@ serves `http://127.0.0.1:8000/retrieve`, the URL Search-R1's trainer calls by de
 index can back Search-R1-style tools and prm can be pointed at any Search-R1 server. `GET /health`
 answers `{"status": "ok", "num_docs": n}` for readiness checks.
 
-Bad requests get a 4xx with `{"detail": message}` (FastAPI's error key, as upstream) and never
-take the server down; see `third_party/search_r1/README.md` for the differences from upstream.
+An empty `queries` list is answered `{"result": []}` and a blank query with no passages (Search-R1's
+trainer sends both). Bad requests get a 4xx with `{"detail": message}` (FastAPI's error key, as
+upstream) and never take the server down; see `third_party/search_r1/README.md` for the
+differences from upstream.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from prm.envs.retrieval.base import Retriever, load_corpus
+from prm.envs.retrieval.base import Passage, Retriever, load_corpus
 from prm.envs.retrieval.bm25 import BM25Retriever
 from prm.envs.retrieval.dense import DenseRetriever
 from third_party.search_r1.retriever import (
@@ -34,6 +36,7 @@ from third_party.search_r1.retriever import (
     RequestLimits,
     build_response,
     decode_json,
+    is_blank,
     parse_request,
 )
 
@@ -107,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             topk = request.topk if request.topk is not None else self.server.owner.default_topk
             try:
-                results = self.server.owner.retriever.retrieve(list(request.queries), topk)
+                results = self.server.owner.retrieve(request.queries, topk)
             except Exception as e:
                 logger.exception("retrieval failed")
                 self._send_error(
@@ -199,6 +202,22 @@ class RetrievalServer:
     def url(self) -> str:
         """The `/retrieve` endpoint, as Search-R1's `retriever.url` expects it."""
         return f"http://{self.host}:{self.port}/retrieve"
+
+    def retrieve(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
+        """The retriever's passages per query; blank queries get none and skip the retriever.
+
+        Raises `RuntimeError` if the retriever answers a different number of queries.
+        """
+        searched = [i for i, query in enumerate(queries) if not is_blank(query)]
+        results: list[list[Passage]] = [[] for _ in queries]
+        if not searched:
+            return results
+        found = self.retriever.retrieve([queries[i] for i in searched], topk)
+        if len(found) != len(searched):
+            raise RuntimeError(f"the retriever answered {len(found)} of {len(searched)} queries.")
+        for i, passages in zip(searched, found):
+            results[i] = passages
+        return results
 
     @contextlib.contextmanager
     def activity(self) -> Iterator[None]:

@@ -8,14 +8,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from prm.envs.retrieval import RetrievalClient, RetrievalError, RetrievalServer, Retriever
+from prm.envs.retrieval import RetrievalClient, RetrievalError, Retriever
 from third_party.search_r1.retriever import build_response
 
 MAX_STUB_REQUESTS = 20
 
 
 class StubServer:
-    """A scripted loopback server: answer `i` is `script[i]` (status, then a delay in seconds).
+    """A scripted loopback server: answer `i` follows `script[i]`, (status, delay in seconds) or
+    (status, delay, raw body) to send that body instead of the one the request asks for.
 
     Bounded: it answers at most MAX_STUB_REQUESTS requests, each after at most 2 s, and the
     fixture shuts it down.
@@ -34,9 +35,9 @@ class StubServer:
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(payload)
                 index = len(stub.requests) - 1
-                status, delay = stub.script[min(index, len(stub.script) - 1)]
+                status, delay, *raw = stub.script[min(index, len(stub.script) - 1)]
                 if index >= MAX_STUB_REQUESTS:
-                    status, delay = 400, 0.0
+                    status, delay, raw = 400, 0.0, []
                 time.sleep(min(delay, 2.0))
                 if status == 200:
                     passages = [
@@ -46,7 +47,7 @@ class StubServer:
                     body = build_response(passages, payload["return_scores"])
                 else:
                     body = {"detail": f"scripted {status}"}
-                data = json.dumps(body).encode()
+                data = raw[0] if raw else json.dumps(body).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(data)))
@@ -157,17 +158,111 @@ def test_unreachable_server_fails_after_capped_backoff():
     assert sleeps == [1.0, 2.0, 3.0, 3.0]
 
 
-def test_off_protocol_answer_raises_without_retry():
-    class OneShortRetriever:
-        def retrieve(self, queries, topk):
-            return [[]] * (len(queries) - 1)
+def scored_body(score: str) -> bytes:
+    entry = '{"document": {"id": "1", "contents": "\\"T\\"\\ntext"}, "score": SCORE}'
+    return ('{"result": [[' + entry.replace("SCORE", score) + "], []]}").encode()
 
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"result": [[]]}', "answers 1 queries, 2 were sent"),
+        (scored_body("NaN"), '"score" must be a finite number, got nan'),
+        (scored_body("Infinity"), '"score" must be a finite number, got inf'),
+        (scored_body("-1e999"), '"score" must be a finite number, got -inf'),
+        (b"[" * 100_000, "not JSON: The body nests JSON arrays or objects too deeply"),
+        (b'{"result": ' + b"1" * 5000 + b"}", "not JSON: The body holds an integer longer"),
+        (b"<html>", "not JSON"),
+    ],
+)
+def test_off_protocol_answer_raises_without_retry(stub, body, message):
+    server = stub([(200, 0.0, body)])
     sleeps = []
-    with RetrievalServer(OneShortRetriever(), max_lifetime_s=60).start() as short:
-        client = make_client(short.url, sleeps)
-        with pytest.raises(RetrievalError, match="answers 1 queries, 2 were sent"):
-            client.retrieve(["a", "b"], topk=1)
+    with pytest.raises(RetrievalError, match=message):
+        make_client(server.url, sleeps).retrieve(["a", "b"], topk=1)
+    assert len(server.requests) == 1
     assert sleeps == []
+
+
+class TricklingServer:
+    """Answers each connection one byte every 50 ms, for at most 3 s or until closed.
+
+    `trickle="headers"` trickles from the status line on; `"body"` sends the headers at once
+    (announcing a 10 kB body) and trickles the body. Accepts at most `max_connections`.
+    """
+
+    def __init__(self, trickle: str, max_connections: int = 4) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/retrieve"
+        self.connections = 0
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        head += b"Content-Length: 10000\r\n\r\n"
+        self.upfront, self.trickled = (b"", head) if trickle == "headers" else (head, b" " * 10000)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(max_connections,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, max_connections: int) -> None:
+        while not self.stopped.is_set() and self.connections < max_connections:
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                connection.recv(65536)
+                connection.sendall(self.upfront)
+                deadline = time.monotonic() + 3.0
+                for byte in self.trickled:
+                    if self.stopped.is_set() or time.monotonic() > deadline:
+                        return
+                    connection.sendall(bytes([byte]))
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the client hung up: what the test expects
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("trickle", ["headers", "body"])
+def test_timeout_bounds_a_whole_attempt_against_a_trickling_server(trickle):
+    # Every read gets a byte within 50 ms, so a per-read timeout of 0.5 s never fires.
+    server = TricklingServer(trickle)
+    try:
+        client = RetrievalClient(server.url, timeout_s=0.5, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(RetrievalError, match="no complete answer within timeout_s=0.5"):
+            client.retrieve(["q"], topk=1)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert 0.5 <= elapsed < 1.5
+
+
+def test_retries_stay_within_the_request_budget():
+    server = TricklingServer("body")
+    try:
+        client = RetrievalClient(
+            server.url, timeout_s=0.3, max_retries=2, backoff_base_s=0.1, jitter=0.5, seed=0
+        )
+        # Attempts 3 x 0.3 s; backoffs 0.1 and 0.2 s, each at most 1.5 times that.
+        assert client.request_budget_s == pytest.approx(3 * 0.3 + 1.5 * (0.1 + 0.2))
+        started = time.monotonic()
+        with pytest.raises(RetrievalError, match="failed 3 times"):
+            client.retrieve(["q"], topk=1)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert server.connections == 3
+    assert 0.9 <= elapsed < client.request_budget_s + 0.5
 
 
 def test_jittered_backoff_stays_within_its_band():
@@ -178,6 +273,9 @@ def test_jittered_backoff_stays_within_its_band():
 
 
 def test_bad_settings_are_rejected():
+    for url in ("https://127.0.0.1:8000/retrieve", "127.0.0.1:8000/retrieve", "http:///retrieve"):
+        with pytest.raises(ValueError, match="url must be http://host"):
+            RetrievalClient(url)
     with pytest.raises(ValueError, match="max_retries"):
         RetrievalClient(max_retries=-1)
     with pytest.raises(ValueError, match="jitter"):

@@ -71,6 +71,26 @@ def test_unscored_response_is_a_list_of_documents(server, bm25):
         }
 
 
+@pytest.mark.parametrize("return_scores", [True, False])
+def test_no_queries_get_an_empty_result(server, return_scores):
+    # Search-R1's trainer posts [] on a turn where no row searched and reads ["result"]
+    # without checking the status.
+    payload = {"queries": [], "topk": 3, "return_scores": return_scores}
+    assert post_json(server, payload) == (200, {"result": []})
+
+
+@pytest.mark.parametrize("return_scores", [True, False])
+def test_blank_queries_get_no_passages_and_the_others_theirs(server, return_scores):
+    # `<search> </search>` reaches the server as "" (upstream strips the query).
+    queries = ["", "highest mountain", " \n\t", "capital of Germany"]
+    payload = {"queries": queries, "topk": 2, "return_scores": return_scores}
+    searched = post_json(server, {**payload, "queries": [queries[1], queries[3]]})[1]["result"]
+    assert post_json(server, payload) == (200, {"result": [[], searched[0], [], searched[1]]})
+    assert all(len(passages) == 2 for passages in searched)
+    only_blank = {**payload, "queries": ["  "]}
+    assert post_json(server, only_blank) == (200, {"result": [[]]})
+
+
 def test_missing_or_null_topk_uses_the_server_default_of_3(server):
     for payload in ({"queries": ["river"]}, {"queries": ["river"], "topk": None}):
         status, answer = post_json(server, payload)
@@ -121,9 +141,14 @@ BAD_BODIES = {
     "not an object": (b'["river"]', "must be a JSON object"),
     "no queries": (b'{"topk": 3}', 'no "queries"'),
     "queries not a list": (b'{"queries": "river"}', "must be a list"),
-    "empty queries": (b'{"queries": []}', "is empty"),
     "query not a string": (b'{"queries": ["river", 3]}', r'"queries"[1] must be a string'),
-    "blank query": (b'{"queries": ["  "]}', "only whitespace"),
+    # json.loads raises RecursionError / a plain ValueError on these, not JSONDecodeError.
+    "deeply nested": (b"[" * 100_000, "too deeply"),
+    "deeply nested object": (b'{"queries": ' * 100_000, "too deeply"),
+    "5000-digit integer": (
+        b'{"queries": ["river"], "topk": ' + b"9" * 5000 + b"}",
+        "integer longer than",
+    ),
     "huge query": (
         json.dumps({"queries": ["a" * (LIMITS.max_query_chars + 1)]}).encode(),
         "characters",
@@ -206,6 +231,32 @@ def test_retriever_failure_is_a_500_and_the_server_keeps_serving():
             assert "index unavailable" in payload["detail"]
 
 
+class CountingRetriever:
+    def __init__(self, answer_one_less=False):
+        self.calls = []
+        self.answer_one_less = answer_one_less
+
+    def retrieve(self, queries, topk):
+        self.calls.append(list(queries))
+        return [[] for _ in queries[: len(queries) - self.answer_one_less]]
+
+
+def test_blank_queries_never_reach_the_retriever():
+    retriever = CountingRetriever()
+    with RetrievalServer(retriever, max_lifetime_s=60).start() as counting:
+        assert post_json(counting, {"queries": []}) == (200, {"result": []})
+        assert post_json(counting, {"queries": [" ", ""]}) == (200, {"result": [[], []]})
+        assert post_json(counting, {"queries": ["a", " ", "b"]}) == (200, {"result": [[], [], []]})
+    assert retriever.calls == [["a", "b"]]
+
+
+def test_a_retriever_answering_too_few_queries_is_a_500():
+    with RetrievalServer(CountingRetriever(answer_one_less=True), max_lifetime_s=60).start() as bad:
+        status, payload = post_json(bad, {"queries": ["a", "b"]})
+    assert status == 500
+    assert "answered 1 of 2 queries" in payload["detail"]
+
+
 def test_idle_and_lifetime_limits_stop_the_server(bm25):
     idle = RetrievalServer(bm25, idle_timeout_s=0.3).start()
     lifetime = RetrievalServer(bm25, max_lifetime_s=0.3).start()
@@ -263,3 +314,16 @@ def test_command_line_server(corpus, tmp_path):
         process.terminate()
         process.wait(timeout=10)
     assert BM25Retriever.load(tmp_path / "index").retrieve(["Everest"], topk=1)[0][0]["id"] == "2"
+
+
+def test_running_the_module_gives_no_runpy_warning():
+    # The package must not import the server module before runpy executes it as __main__.
+    completed = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "prm.envs.retrieval.server", "-h"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Warning" not in completed.stderr
+    assert "--corpus" in completed.stdout
