@@ -28,6 +28,7 @@ _SUBMODULES = (
     "data",
     "envs",
     "evaluation",
+    "judges",
     "labels",
     "losses",
     "masked",

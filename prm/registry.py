@@ -1,4 +1,4 @@
-"""String registries: configs name trainers, models, rewards, estimators and data by string.
+"""String registries: configs name trainers, models, rewards, estimators, data and judges.
 
         @TRAINERS.register("sft")
         class SFTTrainer: ...
@@ -20,6 +20,9 @@ from typing import Any
 REGISTERING_MODULES: list[str] = [
     "prm.data.demonstrations",
     "prm.data.toy",
+    "prm.judges.http",
+    "prm.judges.local",
+    "prm.judges.reference",
     "prm.trainers.sft",
 ]
 
@@ -66,3 +69,4 @@ MODELS = Registry("model")
 REWARDS = Registry("reward")
 ESTIMATORS = Registry("advantage estimator")
 DATASETS = Registry("dataset")
+JUDGES = Registry("judge")
