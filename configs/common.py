@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.keep_checkpoints = 3
     c.eval_every = 0  # 0: no evaluation during training
+    c.eval_at_start = False  # also evaluate the initial model (step 0) of a fresh run
     c.progress = True  # tqdm bar on the console
     c.export_hf = True  # write workdir/hf (LoRA merged) at the end of training
     c.multihost = False  # jax.distributed.initialize() (TPU pod slices)

@@ -19,10 +19,12 @@ from typing import Any
 # registered names is greppable and import side effects stay predictable.
 REGISTERING_MODULES: list[str] = [
     "prm.data.demonstrations",
+    "prm.data.questions",
     "prm.data.toy",
     "prm.judges.http",
     "prm.judges.local",
     "prm.judges.reference",
+    "prm.trainers.search_r1",
     "prm.trainers.sft",
 ]
 

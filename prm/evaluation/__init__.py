@@ -10,6 +10,7 @@ from prm.evaluation.qa import (
     format_markdown,
     summarize,
     tables_from_metrics,
+    world_qa_metrics,
     write_tables,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "format_markdown",
     "summarize",
     "tables_from_metrics",
+    "world_qa_metrics",
     "write_tables",
 ]

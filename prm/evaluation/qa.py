@@ -258,6 +258,23 @@ def evaluate_world_config(
     )
 
 
+def world_qa_metrics(
+    model: Transformer,
+    data: Mapping[str, Any],
+    qa: Mapping[str, Any],
+    workdir: str | os.PathLike[str],
+    step: int,
+) -> dict[str, float]:
+    """`evaluate_world_config`, its tables written to `workdir/qa_<split>_step<step>.{md,csv}`
+    (process 0), returned as `flatten_tables` scalars — what a trainer's `evaluate` logs."""
+    import jax  # noqa: PLC0415 - keep this module importable without initialising JAX
+
+    tables = evaluate_world_config(model, data, qa)
+    if jax.process_index() == 0:
+        write_tables(tables, workdir, f"qa_{qa['split']}_step{step}")
+    return flatten_tables(tables)
+
+
 def flatten_tables(
     tables: Mapping[str, Sequence[Mapping[str, Any]]], prefix: str = "qa"
 ) -> dict[str, float]:

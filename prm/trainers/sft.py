@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from prm.data import make_data_source
-from prm.evaluation import evaluate_world_config, flatten_tables, write_tables
+from prm.evaluation import world_qa_metrics
 from prm.masked import masked_count, masked_mean, masked_sum
 from prm.registry import TRAINERS
 from prm.training.loop import ensure_warm_start
@@ -81,11 +81,9 @@ class SFTTrainer(Trainer):
         model = models["policy"]
         results = self._heldout_loss(model)
         if "qa" in self.config.eval:
-            qa = self.config.eval.qa
-            tables = evaluate_world_config(model, self.config.data, qa)
-            if jax.process_index() == 0:
-                write_tables(tables, self.workdir, f"qa_{qa.split}_step{step}")
-            results.update(flatten_tables(tables))
+            results.update(
+                world_qa_metrics(model, self.config.data, self.config.eval.qa, self.workdir, step)
+            )
         return results
 
     def _heldout_loss(self, model: nnx.Module) -> dict[str, float]:

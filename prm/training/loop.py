@@ -86,6 +86,7 @@ RUN_CONTROL_KEYS = frozenset(
         "eval_every",
         "progress",
         "export_hf",
+        "eval_at_start",
     }
 )
 CONFIG_FILE = "config.json"
@@ -424,6 +425,10 @@ def train(config: Any, workdir: str) -> dict[str, float]:
     eval_results: dict[str, float] = {}
     saved_step = start
     try:
+        if start == 0 and config.get("eval_at_start"):
+            with jax.set_mesh(run.mesh):
+                eval_results = run.trainer.evaluate(run.models(), 0)
+            writer.write(0, eval_results, prefix="eval/")
         with _StopOnSignal() as stop:
             for step in range(start + 1, config.total_steps + 1):
                 metrics = stepper(step)

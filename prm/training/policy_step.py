@@ -24,11 +24,13 @@ from collections.abc import Mapping
 
 import chex
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from prm.losses import aggregate_loss, kl_penalty, ppo_policy_loss
 from prm.masked import masked_mean, masked_var
 from prm.models import token_logprobs
+from prm.training.update import loss_normalizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,9 @@ class PolicyLossConfig:
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     logits_chunk_size: int = 128
+    # π_old for the ratio: recomputed with the policy before the updates (exact; verl's default)
+    # or the sampler's log-probs carried in the batch (saves a forward pass).
+    recompute_old_logprobs: bool = True
 
 
 def policy_loss(
@@ -68,6 +73,10 @@ def policy_loss(
     # Tokens nothing predicts (position 0, first real token, padding) never count.
     mask = batch["loss_mask"] * scored.mask
     logprobs = scored.logprobs
+    # Inside the update loop, divide by the mini-batch's counts (micro-batches add up exactly);
+    # the logged values stay means over this micro-batch.
+    normalizer = loss_normalizer(batch, config.aggregation)
+    to_mean = 1.0 if normalizer is None else normalizer / jnp.maximum(_own_count(mask, config), 1)
     pg_loss, metrics = ppo_policy_loss(
         logprobs,
         batch["old_logprobs"],
@@ -78,19 +87,54 @@ def policy_loss(
         clip_ratio_c=config.clip_ratio_c,
         ratio_level=config.ratio_level,
         aggregation=config.aggregation,
+        normalizer=normalizer,
     )
     loss = pg_loss
     metrics = {
         **metrics,
-        "pg_loss": pg_loss,
+        "pg_loss": pg_loss * to_mean,
         "advantage_variance": masked_var(batch["advantages"], mask),
         "entropy": jax.lax.stop_gradient(masked_mean(scored.entropy, mask)),
     }
     if config.kl_coef:
         kl = kl_penalty(logprobs, batch["ref_logprobs"], mask, estimator=config.kl_estimator)
-        kl_loss = aggregate_loss(kl, mask, config.aggregation)
+        kl_loss = aggregate_loss(kl, mask, config.aggregation, normalizer=normalizer)
         loss = loss + config.kl_coef * kl_loss
-        metrics["kl"] = kl_loss
+        metrics["kl"] = kl_loss * to_mean
     if config.entropy_coef:
-        loss = loss - config.entropy_coef * aggregate_loss(scored.entropy, mask, config.aggregation)
+        entropy = aggregate_loss(scored.entropy, mask, config.aggregation, normalizer=normalizer)
+        loss = loss - config.entropy_coef * entropy
     return loss, metrics
+
+
+def _own_count(mask: jax.Array, config: PolicyLossConfig) -> jax.Array:
+    """What `aggregate_loss` divides by without a normalizer: tokens or non-empty rows."""
+    if config.aggregation == "token-mean":
+        return jnp.sum(mask)
+    return jnp.sum(jnp.any(mask > 0, axis=-1)).astype(jnp.float32)
+
+
+def reference_logprobs(
+    models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array], config: PolicyLossConfig
+) -> dict[str, jax.Array]:
+    """`batch` plus what the update needs from the models before it starts (run once per
+    rollout batch, `Trainer.prepare`): `ref_logprobs` from `models["reference"]` when the KL
+    term is on, and, with `recompute_old`, `old_logprobs` from the current policy — exact π_old
+    of the update (the sampler's own log-probs equal it only up to float error between the
+    cached decode and a full forward pass, and only at temperature 1 without top-k/top-p)."""
+    out = dict(batch)
+    score = lambda model: jax.lax.stop_gradient(
+        token_logprobs(
+            model, batch["tokens"], batch.get("input_mask"), chunk_size=config.logits_chunk_size
+        ).logprobs
+    )
+    if config.recompute_old_logprobs:
+        out["old_logprobs"] = score(models["policy"])
+    if config.kl_coef:
+        if "reference" not in models:
+            raise ValueError(
+                "The KL term (kl_coef > 0) needs a reference model: set config.reference "
+                "('auto', 'copy' or 'lora_off'), or kl_coef=0."
+            )
+        out["ref_logprobs"] = score(models["reference"])
+    return out

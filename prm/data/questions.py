@@ -1,0 +1,87 @@
+"""Questions of the synthetic world, a batch per RL step (the prompts RL trainers roll out).
+
+    source = make_data_source(dict(name="world_questions", batch_size=16, world={}), "train")
+    questions = next(source)        # this host's `Question`s of the next batch
+    source.state()                  # {"epoch": 0, "index": 1}: saved with each checkpoint
+
+Each epoch visits every question of the split once in an order fixed by (seed, epoch), so a
+resumed run sees exactly the questions an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from prm.data.source import host_rows
+from prm.envs.assets import WorldAssets, load_world_assets, world_config_from
+from prm.envs.synthetic_world import Question
+from prm.registry import DATASETS
+
+# Trainer split name -> world split.
+WORLD_SPLITS = {"train": "train", "eval": "dev", "test": "test"}
+
+
+@DATASETS.register("world_questions")
+class WorldQuestionSource:
+    """Batches of `batch_size` (global) questions of the world's `split`.
+
+    `seq_len`, `env` and `expert` are not used to draw questions; they describe the episodes
+    for the trainer and its evaluation (`prm.evaluation.evaluate_world_config` reads them from
+    the same `data` block), so one block configures the whole world setup.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        world: Mapping[str, Any] | None = None,
+        cache_dir: str = "",
+        vocab_size: int = 1024,
+        seed: int = 0,
+        seq_len: int = 256,
+        env: Mapping[str, Any] | None = None,
+        expert: Mapping[str, Any] | None = None,
+        split: str = "train",
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        del seq_len, env, expert
+        if split not in WORLD_SPLITS:
+            raise ValueError(f"Unknown split {split!r}; valid splits are {sorted(WORLD_SPLITS)}.")
+        self.assets: WorldAssets = load_world_assets(
+            world_config_from(world or {}), cache_dir or None, vocab_size
+        )
+        self.questions = self.assets.world.split(WORLD_SPLITS[split])
+        if len(self.questions) < batch_size:
+            raise ValueError(
+                f"The {split} split has {len(self.questions)} questions, fewer than "
+                f"batch_size={batch_size}; lower data.batch_size."
+            )
+        self.batch_size, self.seed = batch_size, seed
+        self.rows = host_rows(batch_size, process_index, process_count)
+        self.epoch, self.index = 0, 0
+
+    @property
+    def tokenizer(self):
+        """The world's tokenizer (saved with the trained policy's HF export)."""
+        return self.assets.tokenizer
+
+    def __iter__(self) -> WorldQuestionSource:
+        return self
+
+    def __next__(self) -> list[Question]:
+        if (self.index + 1) * self.batch_size > len(self.questions):
+            self.epoch, self.index = self.epoch + 1, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.questions))
+        start = self.index * self.batch_size
+        self.index += 1
+        batch = [self.questions[i] for i in order[start : start + self.batch_size]]
+        return batch[self.rows]
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

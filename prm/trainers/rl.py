@@ -1,0 +1,106 @@
+"""What every RL trainer on the synthetic search world shares: questions, env, sampler settings,
+π_old/π_ref before the update, the PPO-clip + KL loss and greedy QA evaluation.
+
+A method is then only its `next_batch`: how it samples (full trajectories in groups, SLATE's
+step siblings, tree search) and how it turns rewards into per-token advantages. Config blocks
+read here (see `configs/search_r1.py`):
+
+    data        "world_questions" source: questions per step, world, seq_len, env, expert
+    rollout     temperature, max_step_tokens (decode budget of one step)
+    policy_loss `PolicyLossConfig` fields (clip, dual clip, ratio level, aggregation, KL)
+    eval.qa     greedy held-out evaluation (`prm.evaluation.world_qa_metrics`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from prm.envs.expert import WORLD_ENV_CONFIG
+from prm.envs.protocol import COMPACT_TEMPLATE, QATask, SearchEnv
+from prm.envs.synthetic_world import Question
+from prm.evaluation import world_qa_metrics
+from prm.rollouts import RolloutConfig, TrajectoryBatch
+from prm.sampling import Sampler, SamplingParams
+from prm.training.policy_step import PolicyLossConfig, policy_loss, reference_logprobs
+from prm.training.trainer import Trainer
+
+
+class WorldRLTrainer(Trainer):
+    """Base of the RL trainers on the synthetic world; subclasses implement `next_batch`."""
+
+    def __init__(self, config: Any, mesh: jax.sharding.Mesh, workdir: str):
+        super().__init__(config, mesh, workdir)
+        self.assets = self.data.assets
+        self.loss_config = PolicyLossConfig(**config.policy_loss)
+        self.env_config = dataclasses.replace(WORLD_ENV_CONFIG, **dict(config.data.env))
+        self.rollout_config = RolloutConfig(
+            max_step_tokens=config.rollout.max_step_tokens,
+            max_length=config.data.seq_len,
+            sampling=SamplingParams(temperature=config.rollout.temperature),
+        )
+
+    def tokenizer(self) -> Any:
+        return self.assets.tokenizer
+
+    def make_env(self) -> SearchEnv:
+        """A fresh env over the world's retriever, with the compact prompt the SFT policy uses."""
+        return SearchEnv(
+            self.assets.retriever, self.env_config, self.assets.tokenizer, COMPACT_TEMPLATE
+        )
+
+    def sampler(self, models: Mapping[str, nnx.Module]) -> Sampler:
+        return Sampler(models["policy"], pad_token_id=self.assets.tokenizer.pad_token_id)
+
+    @staticmethod
+    def tasks(questions: list[Question]) -> list[QATask]:
+        return [QATask(q.text, q.answers) for q in questions]
+
+    def prepare(
+        self, models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        return reference_logprobs(models, batch, self.loss_config)
+
+    def loss(
+        self, models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array], rng: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        del rng
+        return policy_loss(models["policy"], batch, self.loss_config)
+
+    def evaluate(self, models: Mapping[str, nnx.Module], step: int) -> dict[str, float]:
+        return world_qa_metrics(
+            models["policy"], self.config.data, self.config.eval.qa, self.workdir, step
+        )
+
+
+def token_batch(trajectories: TrajectoryBatch, token_advantages: np.ndarray) -> dict[str, Any]:
+    """The arrays the policy update reads (`prm.training.policy_step` layout)."""
+    return {
+        "tokens": trajectories.tokens,
+        "input_mask": trajectories.input_mask,
+        "loss_mask": trajectories.loss_mask,
+        "advantages": token_advantages.astype(np.float32),
+        "old_logprobs": trajectories.logprobs,
+    }
+
+
+def advantage_variances(token_advantages: np.ndarray, step_id: np.ndarray) -> dict[str, float]:
+    """Measured variance of the advantage estimates of a batch (the quantity SLATE's theorem is
+    about): over trained tokens, and over (row, step) pairs — one value per policy step."""
+    trained = step_id >= 0
+    per_step = [
+        token_advantages[b, step_id[b] == s][0]
+        for b in range(step_id.shape[0])
+        for s in np.unique(step_id[b][trained[b]])
+    ]
+    return {
+        "advantage_variance/token": float(np.var(token_advantages[trained]))
+        if trained.any()
+        else 0.0,
+        "advantage_variance/step": float(np.var(per_step)) if per_step else 0.0,
+    }
