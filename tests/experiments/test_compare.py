@@ -1,0 +1,54 @@
+"""The comparison report: tables from run metrics, computed by hand."""
+
+import json
+
+from experiments import compare
+
+
+def _write_run(workdir, records, total_steps):
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"total_steps": total_steps}))
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _records(start_em, end_em, tokens_per_step):
+    return [
+        {"step": 0, "eval/qa/policy/synthetic_bridge/em": start_em, "eval/qa/policy/all/em": start_em},
+        {"step": 1, "loss": 1.0, "sampled_tokens": tokens_per_step, "step_time_s": 2.0,
+         "advantage_variance/step": 0.5},
+        {"step": 2, "loss": 1.0, "sampled_tokens": tokens_per_step, "step_time_s": 2.0,
+         "advantage_variance/step": 1.5},
+        {"step": 2, "eval/qa/policy/synthetic_bridge/em": end_em, "eval/qa/policy/all/em": end_em},
+    ]  # fmt: skip
+
+
+def test_names_and_seeds():
+    assert compare.run_name("configs/slate.py") == "slate"
+    assert compare.run_name("configs/slate.py:k=3,eta=0") == "slate-k=3-eta=0"
+    assert compare.with_seed("configs/slate.py", 2) == "configs/slate.py:seed=2"
+    assert compare.with_seed("configs/slate.py:k=3", 2) == "configs/slate.py:k=3,seed=2"
+
+
+def test_report_means_and_stds_over_seeds(tmp_path):
+    runs = {}
+    for seed, (start, end) in enumerate([(0.4, 0.5), (0.4, 0.7)]):
+        workdir = tmp_path / "runs" / f"m-seed{seed}"
+        _write_run(workdir, _records(start, end, 100.0), total_steps=2)
+        assert compare.is_finished(str(workdir))
+        runs.setdefault("m", []).append(compare.summarize_run(compare.read_metrics(str(workdir))))
+    summary = runs["m"][0]
+    assert summary["tokens"] == 200.0 and summary["seconds"] == 4.0
+    assert [e["tokens"] for e in summary["evals"]] == [0.0, 200.0]
+    table = compare.write_report(str(tmp_path), runs)
+    # End EM over seeds: mean 0.6, sample std sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.141.
+    assert "| m | 2 | end | 0.600 ± 0.141 | 0.600 ± 0.141 | 200.000 ± 0.000 |" in table
+    # Mean per-step advantage variance of each seed: (0.5 + 1.5) / 2 = 1.
+    assert table.splitlines()[-1].endswith("| 1.000 ± 0.000 |")
+    for name in ("results.md", "results.csv", "em_vs_tokens.png", "advantage_variance.png"):
+        assert (tmp_path / name).exists()
+
+
+def test_unfinished_run_is_not_skipped(tmp_path):
+    workdir = tmp_path / "w"
+    _write_run(workdir, _records(0.1, 0.2, 10.0)[:3], total_steps=2)
+    assert not compare.is_finished(str(workdir))
