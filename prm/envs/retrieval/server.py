@@ -7,7 +7,7 @@ index can back Search-R1-style tools and prm can be pointed at any Search-R1 ser
 answers `{"status": "ok", "num_docs": n}` for readiness checks.
 
 Bad requests get a 4xx with `{"detail": message}` (FastAPI's error key, as upstream) and never
-take the server down; see `third_party/search_r1/README.md` for the differences from upstream.
+take the server down; see `prm/third_party/search_r1/README.md` for the differences from upstream.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from prm.envs.retrieval.base import Retriever, load_corpus
 from prm.envs.retrieval.bm25 import BM25Retriever
 from prm.envs.retrieval.dense import DenseRetriever
-from third_party.search_r1.retriever import (
+from prm.third_party.search_r1.retriever import (
     DEFAULT_LIMITS,
     DEFAULT_TOPK,
     RequestError,
