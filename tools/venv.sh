@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Builds (once) and links the project's virtual environment, then prints nothing on success.
 #
-# The venv lives outside the clone, keyed by a hash of setup.cfg, so repeated fresh clones (CI)
-# reuse it; `.venv` in the clone is a symlink to it. A venv is only used once its install has
-# completed (a marker file), so an interrupted install is redone, never half-used.
+# The venv lives outside the clone, keyed by a hash of what it holds (the interpreter and the
+# requirement lists of setup.cfg), so repeated fresh clones (CI) reuse it; `.venv` in the clone
+# is a symlink to it. It holds only the dependencies (install_requires and the `dev` extra), never
+# prm itself: the Makefile puts the clone on PYTHONPATH, so clones sharing one venv each import
+# their own code, even when they run at the same time. A venv is only used once its install has
+# completed (a marker file), so an interrupted install is redone, never half-used; concurrent
+# first builds of the same venv wait for each other (flock, where available).
 #
 #   PRM_PYTHON=/path/to/python3.12   pick the interpreter explicitly
 #   PRM_VENV_ROOT=DIR                where cached venvs live (default ~/.cache/prm)
@@ -34,31 +38,32 @@ if ! PY=$(find_python); then
   exit 1
 fi
 
-# Key the venv on what decides its contents: the interpreter and setup.cfg up to the pytest
-# section (so editing test settings does not rebuild a 6 GB environment).
-hash=$( (sed '/^\[tool:pytest\]/,$d' setup.cfg; "$PY" -c 'import sys; print(sys.version)') \
-  | sha256sum | cut -c1-16)
+# What the venv holds, one requirement a line: setup.cfg's install_requires and `dev` extra.
+requirements=$("$PY" -c '
+import configparser
+cfg = configparser.ConfigParser()
+cfg.read("setup.cfg")
+lists = cfg["options"]["install_requires"], cfg["options.extras_require"]["dev"]
+print("\n".join(line.strip() for text in lists for line in text.splitlines() if line.strip()))
+')
+hash=$( (echo "$requirements"; "$PY" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
 root=${PRM_VENV_ROOT:-$HOME/.cache/prm}
 venv="$root/venv-$hash"
+mkdir -p "$root"
 
 if [ ! -f "$venv/.prm-installed" ]; then
-  echo "prm: building virtual environment $venv with $("$PY" --version) (first run only; torch for parity tests is ~4.7 GB)" >&2
-  rm -rf "$venv"
-  mkdir -p "$root"
-  "$PY" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e '.[dev]'
-  touch "$venv/.prm-installed"
-else
-  # The venv may have been built from another clone: point the editable install here (quietly;
-  # pip's output is shown only if it fails).
-  installed_at=$(cd / && "$venv/bin/python" -c 'import os, prm; print(os.path.dirname(os.path.dirname(prm.__file__)))' 2>/dev/null || true)
-  if [ "$installed_at" != "$(pwd -P)" ]; then
-    if ! out=$("$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1); then
-      echo "$out" >&2
-      echo "error: could not install this clone into $venv (see above)." >&2
-      exit 1
-    fi
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$venv.lock"
+    flock 9
+  fi
+  if [ ! -f "$venv/.prm-installed" ]; then  # another clone may have built it while we waited
+    echo "prm: building virtual environment $venv with $("$PY" --version) (first run only; torch for parity tests is ~4.7 GB)" >&2
+    rm -rf "$venv"
+    "$PY" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    echo "$requirements" >"$venv/requirements.txt"  # kept: what this venv was built from
+    "$venv/bin/python" -m pip install --quiet -r "$venv/requirements.txt"
+    touch "$venv/.prm-installed"
   fi
 fi
 ln -sfn "$venv" .venv

@@ -68,7 +68,7 @@ SEARCH_R1_TEMPLATE = (
 # scripts/data_process/nq_search.py of PeterGriffinJin/Search-R1 at commit a14dc3a (the same
 # string is in qa_search_train_merge.py, qa_search_test_merge.py and infer.py), with its f-string
 # field `{question}` kept as a format field; typos ("as your want") included. An interface
-# constant: checkpoints trained on it are evaluated on it (third_party/search_r1/README.md).
+# constant: checkpoints trained on it are evaluated on it (prm/third_party/search_r1/README.md).
 SEARCH_R1_UPSTREAM_TEMPLATE = (
     "Answer the given question. "
     "You must conduct reasoning inside <think> and </think> first every time you get new "

@@ -139,7 +139,7 @@ def search_r1_example(
         row_id = extra.get("index")
     uid = f"{source}/{split}/{index if row_id is None else row_id}"
     if isinstance(extra, Mapping) and extra.get("uid"):
-        uid = str(extra["uid"])  # written by third_party.search_r1.data
+        uid = str(extra["uid"])  # written by prm.third_party.search_r1.data
     metadata = {k: v for k, v in row.items() if k not in ("question", "golden_answers")}
     return QAExample(
         uid=uid,

@@ -40,7 +40,7 @@ from pathlib import Path
 from prm.judges.base import stable_hash
 from prm.judges.prompts import PromptJudge
 from prm.registry import JUDGES
-from third_party.openai_chat import (
+from prm.third_party.openai_chat import (
     ChatRequest,
     ResponseError,
     completions_url,

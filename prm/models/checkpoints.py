@@ -77,6 +77,7 @@ _SAFETENSORS_DTYPES = {
 _SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
 _INDEX_FILE = "model.safetensors.index.json"
 _SINGLE_FILE = "model.safetensors"
+_REDO = "re-download or re-export the checkpoint"
 
 
 def key_map(config: ModelConfig) -> dict[str, tuple[str, bool]]:
@@ -93,12 +94,68 @@ def key_map(config: ModelConfig) -> dict[str, tuple[str, bool]]:
 
 
 def read_safetensors_header(file: pathlib.Path) -> tuple[dict[str, Any], int]:
-    """(header without `__metadata__`, byte offset of the data section) of a safetensors file."""
+    """(header without `__metadata__`, byte offset of the data section) of a safetensors file.
+
+    The header is checked against the file before any tensor is read: a truncated download, a
+    file that is not safetensors, or an entry whose dtype, shape and byte range disagree is one
+    `ValueError` naming the file (and the tensor), not a reshape error deep inside numpy.
+    """
+    size = file.stat().st_size
     with open(file, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(
+                f"{file}: {size} bytes, too short for a safetensors file (it starts with an 8-byte "
+                f"header length); {_REDO}."
+            )
+        (header_size,) = struct.unpack("<Q", prefix)
+        if 8 + header_size > size:
+            raise ValueError(
+                f"{file}: the header claims {header_size} bytes but the file has {size} bytes "
+                f"(truncated download, or not a safetensors file?); {_REDO}."
+            )
+        try:
+            header = json.loads(f.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{file}: the header is not valid JSON ({error}); the file is corrupt or not "
+                f"safetensors; {_REDO}."
+            ) from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: the header is not a JSON object; {_REDO}.")
     header.pop("__metadata__", None)
-    return header, 8 + header_size
+    data_start = 8 + header_size
+    ends = {key: _tensor_end(file, key, info) for key, info in header.items()}
+    # In byte order, so a truncated file names the tensor the cut falls in.
+    for key, end in sorted(ends.items(), key=lambda item: item[1]):
+        if data_start + end > size:
+            raise ValueError(
+                f"{file}: tensor {key!r} ends at byte {data_start + end} but the file has {size} "
+                f"bytes (truncated download?); {_REDO}."
+            )
+    return header, data_start
+
+
+def _tensor_end(file: pathlib.Path, key: str, info: Any) -> int:
+    """The end offset of a header entry, after checking its dtype, shape and byte range agree."""
+    try:
+        dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+        if not all(isinstance(x, int) and x >= 0 for x in (*shape, start, end)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"{file}: tensor {key!r} has a malformed header entry {info!r} (expected dtype, shape "
+            f"and data_offsets); {_REDO}."
+        ) from None
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"Unsupported dtype {dtype} of tensor {key!r} in {file}.")
+    nbytes = math.prod(shape) * _SAFETENSORS_DTYPES[dtype].itemsize
+    if end - start != nbytes:
+        raise ValueError(
+            f"{file}: tensor {key!r} ({dtype}, shape {shape}) needs {nbytes} bytes but its "
+            f"data_offsets [{start}, {end}] hold {end - start}; the header is corrupt; {_REDO}."
+        )
+    return end
 
 
 def iter_safetensors(file: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -106,8 +163,6 @@ def iter_safetensors(file: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
     header, data_start = read_safetensors_header(file)
     data = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start)
     for key, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"Unsupported dtype {info['dtype']} of tensor {key!r} in {file}.")
         start, end = info["data_offsets"]
         view = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]])
         yield key, view.reshape(info["shape"])
@@ -189,8 +244,21 @@ def _flat_params(model: Transformer) -> dict[str, nnx.Variable]:
 def _checkpoint_files(path: pathlib.Path) -> list[pathlib.Path]:
     index = path / _INDEX_FILE
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [path / name for name in sorted(set(weight_map.values()))]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ValueError(
+                f"{index} is not a safetensors index (JSON with a weight_map of tensor -> file); "
+                f"{_REDO}."
+            ) from None
+        missing = [name for name in names if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{index} lists {', '.join(missing)}, missing from {path} (an interrupted "
+                "download?); download the missing files or re-export the checkpoint."
+            )
+        return [path / name for name in names]
     if (path / _SINGLE_FILE).exists():
         return [path / _SINGLE_FILE]
     raise FileNotFoundError(
@@ -217,8 +285,9 @@ def from_pretrained(
       dtype: activation dtype; defaults to `param_dtype`.
 
     Raises:
-      ValueError: unsupported architecture, a checkpoint key prm does not know, a missing key or a
-        shape mismatch (each names the key and file).
+      ValueError: unsupported architecture, a checkpoint key prm does not know, a missing key, a
+        shape mismatch, or a truncated or corrupt safetensors file (each names the file and key).
+      FileNotFoundError: no weights, or shards the index lists are missing.
     """
     path = pathlib.Path(path)
     config = ModelConfig.from_hf(
@@ -231,7 +300,10 @@ def from_pretrained(
     # Tied checkpoints may still carry an lm_head; accepted only if it equals the embedding.
     tied_lm_head: tuple[np.ndarray, pathlib.Path] | None = None
     embedding: np.ndarray | None = None
-    for file in _checkpoint_files(path):
+    files = _checkpoint_files(path)
+    for file in files:  # every shard's header is checked before the first tensor is read
+        read_safetensors_header(file)
+    for file in files:
         for key, tensor in iter_safetensors(file):
             if key.endswith(_IGNORED_SUFFIXES):
                 continue

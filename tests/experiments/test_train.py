@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from prm.training.metrics_writer import TIMING_METRICS
 
@@ -83,12 +85,66 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
         assert json.load(f)["step"] == 60
 
 
-def test_bad_config_options_and_keys_are_clear_errors(tmp_path):
-    unknown_option = _run(["--config=configs/toy.py:smok", f"--workdir={tmp_path}/a"])
-    assert unknown_option.returncode != 0
-    assert "Unknown config option 'smok'; valid options are" in unknown_option.stderr
-    unknown_key = _run(["--config=configs/toy.py:smoke", "--config.optim.lrr=1",
-                        f"--workdir={tmp_path}/b"])  # fmt: skip
-    assert unknown_key.returncode != 0
-    assert "Unknown config key 'optim.lrr'; valid keys of optim: b1, b2," in unknown_key.stderr
-    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+# (what a user types after `python -m experiments.train`, what the one error line must say)
+MISTAKES = [
+    (
+        "--config=configs/sft.py:smok --workdir={tmp}/run",
+        "error: configs/sft.py:smok: Unknown config option 'smok'; valid options are "
+        "smoke=False, steps=600.",
+    ),
+    (
+        "--config=configs/toy.py:smoke --config.optim.lrr=1 --workdir={tmp}/run",
+        "error: Unknown config key 'optim.lrr'; valid keys of optim: b1, b2,",
+    ),
+    (
+        "--config=configs/sft.py --config.optim.lr=abc --workdir={tmp}/run",
+        "error: --config.optim.lr=abc: config.optim.lr is of type float (now 0.002); could not "
+        "convert string to float: 'abc'.",
+    ),
+    (
+        "--config=configs/nope.py --workdir={tmp}/run",
+        f"error: Config file configs/nope.py does not exist (relative to the current directory, "
+        f"{ROOT}). Config files there: configs/sft.py, configs/toy.py.",
+    ),
+    (
+        "--config=configs/toy.py:smoke --workdir={tmp}/a_file/run",
+        "error: --workdir={tmp}/a_file/run: {tmp}/a_file is a file, not a directory; pass a "
+        "--workdir in a directory you can write to",
+    ),
+    ("--config=configs/toy.py:smoke", "error: --workdir is required: the run's directory"),
+    (
+        "--workdir={tmp}/run",
+        "error: {tmp}/run/config.json does not exist: {tmp}/run holds no run. Pass --config",
+    ),
+]
+if os.path.isdir("/proc/self"):  # Linux: a filesystem nobody, root included, can create dirs in
+    MISTAKES.append(
+        (
+            "--config=configs/toy.py:smoke --workdir=/proc/prm-run",
+            "error: --workdir=/proc/prm-run: cannot write in /proc (",
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory):
+    """{typed: (its tmp dir, stderr, exit status)}, all commands run at once (each is mostly
+    imports)."""
+    started = {}
+    for typed, _ in MISTAKES:
+        tmp = tmp_path_factory.mktemp("mistake")
+        (tmp / "a_file").write_text("")
+        started[typed] = tmp, subprocess.Popen(
+            _command(*shlex.split(typed.format(tmp=tmp))), cwd=ROOT, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    return {typed: (tmp, p.communicate()[1], p.returncode) for typed, (tmp, p) in started.items()}
+
+
+@pytest.mark.parametrize(("typed", "expected"), MISTAKES, ids=[t for t, _ in MISTAKES])
+def test_command_line_mistakes_are_one_line_with_the_remedy(mistakes, typed, expected):
+    tmp, stderr, returncode = mistakes[typed]
+    assert returncode == 2
+    assert stderr.splitlines() == [stderr.strip()], stderr  # one line, no traceback
+    assert stderr.startswith(expected.format(tmp=tmp)), stderr
+    assert sorted(os.listdir(tmp)) == ["a_file"]  # nothing was created

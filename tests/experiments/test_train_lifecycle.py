@@ -160,7 +160,7 @@ def test_eval_errors_name_steps_and_flags_that_exist(tmp_path):
         [sys.executable, "-m", "experiments.eval", f"--workdir={workdir}", "--step=5"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert missing_step.returncode == 1
+    assert missing_step.returncode == 2
     assert "No checkpoint at step 5" in missing_step.stderr
     assert "the steps there are [9, 12]" in missing_step.stderr
     assert "Traceback" not in missing_step.stderr
@@ -168,7 +168,7 @@ def test_eval_errors_name_steps_and_flags_that_exist(tmp_path):
         [sys.executable, "-m", "experiments.eval", f"--workdir={tmp_path / 'nothing'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert nowhere.returncode == 1
+    assert nowhere.returncode == 2
     assert "Traceback" not in nowhere.stderr
     # The hint names a command and flags that exist.
     assert "python -m experiments.train --config=<file.py> --workdir=" in nowhere.stderr

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from prm.judges import HttpJudge, JudgeRequest, make_judge
-from third_party.openai_chat import ChatRequest, RequestError, build_error, build_response
+from prm.third_party.openai_chat import ChatRequest, RequestError, build_error, build_response
 
 MAX_STUB_REQUESTS = 200
 MAX_STUB_LIFETIME_S = 60.0

@@ -1,6 +1,8 @@
 """HF safetensors load/save: round trips, transformers compatibility and clear errors."""
 
 import json
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -189,3 +191,82 @@ def test_config_reads_transformers4_rope_layout():
 def test_config_rejects_unsupported_architectures(change, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_hf({**tiny_config("qwen2").to_hf(), **change})
+
+
+def _saved(tmp_path, **save_kwargs):
+    """A tiny qwen2 checkpoint written by prm's save_pretrained."""
+    config = tiny_config("qwen2")
+    save_pretrained(Transformer(config, rngs=nnx.Rngs(0)), config, tmp_path, **save_kwargs)
+    return tmp_path
+
+
+def _parse(file):
+    """(tensor entries, data start) read straight from the format: u64 length, JSON, data."""
+    raw = file.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    header.pop("__metadata__")
+    return header, 8 + length
+
+
+def test_truncated_file_names_the_file_and_the_tensor_cut(tmp_path):
+    file = _saved(tmp_path) / "model.safetensors"
+    header, data_start = _parse(file)
+    # Cut 10 bytes into the tensor that starts in the middle of the data section.
+    starts = sorted((entry["data_offsets"][0], key) for key, entry in header.items())
+    start, key = starts[len(starts) // 2]
+    cut = data_start + start + 10
+    os.truncate(file, cut)
+    end = data_start + header[key]["data_offsets"][1]
+    expected = f"tensor {key!r} ends at byte {end} but the file has {cut} bytes (truncated"
+    with pytest.raises(ValueError, match=re.escape(f"{file}: {expected}")) as error:
+        from_pretrained(tmp_path)
+    assert "re-download or re-export" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda raw: b"", r"0 bytes, too short for a safetensors file"),
+        (lambda raw: raw[:100], r"the header claims \d+ bytes but the file has 100 bytes"),
+        (lambda raw: raw[:8] + b"\xff" * 16 + raw[24:], r"the header is not valid JSON"),
+        (lambda raw: b"<!DOCTYPE html>" + raw[15:], r"the header claims \d+ bytes"),  # error page
+    ],
+    ids=["empty", "cut-in-header", "garbage-header", "html"],
+)
+def test_corrupt_header_is_one_error_naming_the_file(tmp_path, corrupt, message):
+    file = _saved(tmp_path) / "model.safetensors"
+    file.write_bytes(corrupt(file.read_bytes()))
+    with pytest.raises(ValueError, match=f"{re.escape(str(file))}: {message}"):
+        from_pretrained(tmp_path)
+
+
+def test_header_entry_disagreeing_with_its_bytes_is_an_error(tmp_path):
+    file = _saved(tmp_path) / "model.safetensors"
+    header, data_start = _parse(file)
+    key = "model.norm.weight"  # F32 [hidden_size]
+    header[key]["shape"] = [header[key]["shape"][0] + 1]
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (data_start - 8 - len(text))  # same length: the data section does not move
+    assert len(text) == data_start - 8
+    raw = file.read_bytes()
+    file.write_bytes(raw[:8] + text + raw[data_start:])
+    hidden = tiny_config("qwen2").hidden_size
+    start, end = header[key]["data_offsets"]
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"tensor {key!r} (F32, shape [{hidden + 1}]) needs {4 * (hidden + 1)} bytes but its "
+            f"data_offsets [{start}, {end}] hold {4 * hidden}"
+        ),
+    ):
+        from_pretrained(tmp_path)
+
+
+def test_missing_shard_is_named(tmp_path):
+    _saved(tmp_path, max_shard_bytes=40_000)
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    with pytest.raises(FileNotFoundError, match=f"lists {shards[-1].name}, missing from"):
+        from_pretrained(tmp_path)

@@ -1,6 +1,6 @@
 import pytest
 
-from third_party.openai_chat import (
+from prm.third_party.openai_chat import (
     ChatRequest,
     RequestError,
     ResponseError,

@@ -3,7 +3,7 @@ import pytest
 from prm.envs import protocol
 from prm.envs.qa_data import QAExample, world_examples
 from prm.envs.synthetic_world import World, WorldConfig
-from third_party.search_r1 import data as D
+from prm.third_party.search_r1 import data as D
 
 EXAMPLES = [
     QAExample("nq/test/a", "who wrote x", ("Ann",), "nq", "test", 0),

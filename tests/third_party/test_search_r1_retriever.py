@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from third_party.search_r1.retriever import (
+from prm.third_party.search_r1.retriever import (
     DEFAULT_TOPK,
     RequestError,
     RequestLimits,

@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 
 from prm.envs.retrieval.base import Passage, check_retrieve_args
-from third_party.search_r1.retriever import (
+from prm.third_party.search_r1.retriever import (
     JSONBodyError,
     ResponseError,
     RetrieveRequest,

@@ -8,7 +8,7 @@ answers `{"status": "ok", "num_docs": n}` for readiness checks.
 
 An empty `queries` list is answered `{"result": []}` and a blank query with no passages (Search-R1's
 trainer sends both). Bad requests get a 4xx with `{"detail": message}` (FastAPI's error key, as
-upstream) and never take the server down; see `third_party/search_r1/README.md` for the
+upstream) and never take the server down; see `prm/third_party/search_r1/README.md` for the
 differences from upstream.
 """
 
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from prm.envs.retrieval.base import Passage, Retriever, load_corpus
 from prm.envs.retrieval.bm25 import BM25Retriever
 from prm.envs.retrieval.dense import DenseRetriever
-from third_party.search_r1.retriever import (
+from prm.third_party.search_r1.retriever import (
     DEFAULT_LIMITS,
     DEFAULT_TOPK,
     RequestError,

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from prm.envs.retrieval import RetrievalClient, RetrievalError, Retriever
-from third_party.search_r1.retriever import build_response
+from prm.third_party.search_r1.retriever import build_response
 
 MAX_STUB_REQUESTS = 20
 

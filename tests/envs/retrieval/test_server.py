@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from prm.envs.retrieval import BM25Retriever, RetrievalClient, RetrievalServer, save_corpus
-from third_party.search_r1.retriever import RequestLimits
+from prm.third_party.search_r1.retriever import RequestLimits
 
 
 def raw_request(server, method, path, body=b"", headers=None):

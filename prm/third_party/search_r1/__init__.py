@@ -3,7 +3,7 @@
 `retriever`: the `POST /retrieve` protocol. `data`: the parquet data schema.
 """
 
-from third_party.search_r1.retriever import (
+from prm.third_party.search_r1.retriever import (
     DEFAULT_LIMITS,
     DEFAULT_TOPK,
     UPSTREAM_COMMIT,

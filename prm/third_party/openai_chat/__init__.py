@@ -1,7 +1,7 @@
 """The OpenAI-compatible Chat Completions protocol (OpenAI REST API v1, as vLLM and SGLang serve
 it) that prm's HTTP judge speaks; see README.md here."""
 
-from third_party.openai_chat.chat import (
+from prm.third_party.openai_chat.chat import (
     ROLES,
     UPSTREAM_API,
     ChatRequest,
