@@ -8,10 +8,10 @@ Usage:
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags, logging
 
-from prm.train import fail
 from prm.training.checkpoints import RunError
 from prm.training.loop import evaluate
 
@@ -27,8 +27,11 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     try:
         results = evaluate(_WORKDIR.value, _STEP.value)
-    except RunError as error:  # one line; anything else keeps its traceback
-        fail(str(error))
+    except (
+        RunError
+    ) as error:  # one line, as prm.train prints them; anything else keeps its traceback
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
     print(json.dumps(results, indent=2))
 
 

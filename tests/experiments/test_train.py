@@ -86,6 +86,11 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
 
 
 # (what a user types after `python -m experiments.train`, what the one error line must say)
+CONFIG_FILES = sorted(
+    name
+    for name in os.listdir(os.path.join(ROOT, "configs"))
+    if name.endswith(".py") and name not in ("__init__.py", "common.py")
+)
 MISTAKES = [
     (
         "--config=configs/sft.py:smok --workdir={tmp}/run",
@@ -104,7 +109,9 @@ MISTAKES = [
     (
         "--config=configs/nope.py --workdir={tmp}/run",
         f"error: Config file configs/nope.py does not exist (relative to the current directory, "
-        f"{ROOT}). Config files there: configs/sft.py, configs/toy.py.",
+        f"{ROOT}). Config files there: "
+        + ", ".join(f"configs/{name}" for name in CONFIG_FILES)
+        + ".",
     ),
     (
         "--config=configs/toy.py:smoke --workdir={tmp}/a_file/run",
@@ -114,7 +121,7 @@ MISTAKES = [
     ("--config=configs/toy.py:smoke", "error: --workdir is required: the run's directory"),
     (
         "--workdir={tmp}/run",
-        "error: {tmp}/run/config.json does not exist: {tmp}/run holds no run. Pass --config",
+        "error: {tmp}/run does not exist: it holds no run. Pass --config",
     ),
 ]
 if os.path.isdir("/proc/self"):  # Linux: a filesystem nobody, root included, can create dirs in

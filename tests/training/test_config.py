@@ -61,9 +61,15 @@ def test_missing_config_file_lists_the_configs_next_to_it(monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigFileError) as error:
         load_config("configs/nope.py:smoke")
+    configs = sorted(
+        f"configs/{name}"
+        for name in os.listdir(os.path.join(ROOT, "configs"))
+        if name.endswith(".py") and name not in ("__init__.py", "common.py")
+    )
+    assert "configs/toy.py" in configs
     assert str(error.value) == (
         f"Config file configs/nope.py does not exist (relative to the current directory, {ROOT})."
-        " Config files there: configs/sft.py, configs/toy.py."
+        f" Config files there: {', '.join(configs)}."
     )
 
 
