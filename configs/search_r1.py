@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "recompute_old_logprobs": True,
         }
     )
-    c.update = ml_collections.ConfigDict(
+    c.updates = ml_collections.ConfigDict(
         {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 0, "shuffle": True}
     )
     c.eval.qa.expert = False

@@ -277,6 +277,7 @@ def value_loss(
     clip_range: float | None = 0.5,
     aggregation: Aggregation = "token-mean",
     norm_length: float | None = None,
+    normalizer: chex.Array | None = None,
 ) -> tuple[chex.Array, dict[str, chex.Array]]:
     """PPO's clipped value loss (as in openai/baselines ppo2 and verl's `compute_value_loss`):
 
@@ -316,5 +317,7 @@ def value_loss(
         clipped = jnp.square(clipped_values - returns)
         per_token = jnp.maximum(unclipped, clipped)
         clip_fraction = masked_mean((clipped > unclipped).astype(per_token.dtype), mask)
-    loss = 0.5 * aggregate_loss(per_token, mask, aggregation, norm_length=norm_length)
+    loss = 0.5 * aggregate_loss(
+        per_token, mask, aggregation, norm_length=norm_length, normalizer=normalizer
+    )
     return loss, {"value_clip_fraction": clip_fraction}

@@ -28,6 +28,7 @@ from typing import Any
 import ml_collections
 
 from prm.training.lora import ALL_LINEAR
+from prm.training.update import DEFAULT_UPDATES
 
 
 class ConfigFileError(ValueError):
@@ -172,6 +173,22 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.data = ml_collections.ConfigDict({"name": "toy_repeat"})
     c.eval = ml_collections.ConfigDict({"num_batches": 4})
+    # Model parts besides the policy (prm.training.state.build_parts). The frozen reference
+    # π_ref: "none"; "copy" (a frozen copy of the initial policy); "lora_off" (the policy with
+    # its LoRA adapters off: shares the base weights, needs lora.rank > 0); "auto" (lora_off
+    # with LoRA, else copy).
+    c.reference = "none"
+    # Extra trainable parts (an implicit PRM, a value model), each with its own optimiser:
+    # name -> {"init": "policy" | "scratch", "head": "lm" | "scalar", "lr": float (0: optim.lr)}.
+    c.parts = ml_collections.ConfigDict()
+    # The optimiser updates of one train step (prm.training.update): ppo_epochs passes over the
+    # batch, each split into num_mini_batches updates, each accumulated over micro-batches of
+    # micro_batch_size rows (0: the whole mini-batch). verl's ppo_mini_batch_size is
+    # batch / num_mini_batches; its ppo_micro_batch_size_per_gpu × devices is micro_batch_size.
+    c.updates = ml_collections.ConfigDict(DEFAULT_UPDATES)
+    # A whole config of a run whose HF export initialises the policy (e.g. an SFT warm start,
+    # trained once and cached by prm.training.loop.ensure_warm_start); empty: none.
+    c.warm_start = ml_collections.ConfigDict()
     return c
 
 

@@ -60,20 +60,11 @@ from prm.training.sharding import (
 from prm.training.state import TrainState, build_parts, merge_parts
 from prm.training.trainer import Trainer
 from prm.training.update import (
+    DEFAULT_UPDATES,
     check_update_config,
     make_prepare_fn,
     make_update_fn,
     minibatch_orders,
-)
-
-# One update per train step on the whole batch (configs add an `update` block to change it).
-DEFAULT_UPDATE = ml_collections.ConfigDict(
-    {
-        "ppo_epochs": 1,
-        "num_mini_batches": 1,
-        "micro_batch_size": 0,  # rows per micro-batch; 0: the whole mini-batch
-        "shuffle": True,  # a new row order per epoch when there are several updates
-    }
 )
 
 # Config keys that only steer how a run is driven; a resumed run may change them. (`total_steps`
@@ -350,7 +341,7 @@ class Stepper:
 
     def __init__(self, run: Run):
         self.run = run
-        self.update = run.config.get("update") or DEFAULT_UPDATE
+        self.updates = run.config.get("updates") or ml_collections.ConfigDict(DEFAULT_UPDATES)
         self._prepare = make_prepare_fn(run)
         self._update_fns: dict[int, Any] = {}
         self._advance = jax.jit(
@@ -372,12 +363,12 @@ class Stepper:
             if self._prepare is not None:
                 batch = self._prepare(run.state.params, run.frozen, batch)
             rows = next(iter(batch.values())).shape[0]
-            _, micro = check_update_config(self.update, rows)
+            _, micro = check_update_config(self.updates, rows)
             if micro not in self._update_fns:
                 self._update_fns[micro] = make_update_fn(run, micro)
             update = self._update_fns[micro]
             per_update = []
-            for order in minibatch_orders(self.update, rows, config.seed, step):
+            for order in minibatch_orders(self.updates, rows, config.seed, step):
                 run.state, device_metrics = update(run.state, run.frozen, batch, order)
                 per_update.append(device_metrics)
             run.state = self._advance(run.state)
@@ -389,7 +380,7 @@ class Stepper:
         metrics["learning_rate"] = float(run.schedule((step - 1) * updates_per_step(config)))
         metrics["batch_time_s"], metrics["update_time_s"] = batch_s, update_s
         metrics["step_time_s"] = batch_s + update_s
-        metrics["tokens_per_s"] = self.update.ppo_epochs * local["tokens"].size / update_s
+        metrics["tokens_per_s"] = self.updates.ppo_epochs * local["tokens"].size / update_s
         return metrics
 
 

@@ -90,9 +90,9 @@ def count_params(tree: Any) -> int:
 
 
 def updates_per_step(config: Any) -> int:
-    """Optimiser updates per train step: `update.ppo_epochs × update.num_mini_batches`."""
-    update = config.get("update")
-    return 1 if update is None else update.ppo_epochs * update.num_mini_batches
+    """Optimiser updates per train step: `updates.ppo_epochs × updates.num_mini_batches`."""
+    updates = config.get("updates")
+    return 1 if updates is None else updates.ppo_epochs * updates.num_mini_batches
 
 
 def make_part_optimizer(

@@ -1,9 +1,9 @@
 """A train step's optimiser updates: PPO epochs × mini-batches, each over accumulated micro-batches.
 
     batch ← trainer.prepare(models, batch)              # once: π_old / π_ref log-probs, ...
-    for epoch in 1..update.ppo_epochs:                   # verl: ppo_epochs
-        order ← a permutation of the rows (update.shuffle), fixed by (seed, step, epoch)
-        for rows in split(order, update.num_mini_batches):   # verl: batch / ppo_mini_batch_size
+    for epoch in 1..updates.ppo_epochs:                   # verl: ppo_epochs
+        order ← a permutation of the rows (updates.shuffle), fixed by (seed, step, epoch)
+        for rows in split(order, updates.num_mini_batches):   # verl: batch / ppo_mini_batch_size
             g ← Σ_micro ∇ loss(micro; counts of the mini-batch)   # verl: ppo_micro_batch_size
             params ← optimiser(g)
 
@@ -32,6 +32,14 @@ import optax
 from prm.training.sharding import replicated
 from prm.training.state import TrainState, merge_parts
 
+# One update per train step on the whole batch (the `updates` block of `base_config`).
+DEFAULT_UPDATES = {
+    "ppo_epochs": 1,
+    "num_mini_batches": 1,
+    "micro_batch_size": 0,  # rows per micro-batch; 0: the whole mini-batch
+    "shuffle": True,  # a new row order per epoch when there are several updates
+}
+
 MINIBATCH_TOKENS = "minibatch_loss_tokens"
 MINIBATCH_ROWS = "minibatch_loss_rows"
 
@@ -56,34 +64,36 @@ def with_minibatch_counts(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array
     }
 
 
-def check_update_config(update: Any, rows: int) -> tuple[int, int]:
+def check_update_config(updates: Any, rows: int) -> tuple[int, int]:
     """(mini-batch rows, micro-batch rows) for a batch of `rows`; one clear error if they do not
     divide."""
-    if update.ppo_epochs < 1 or update.num_mini_batches < 1:
-        raise ValueError(f"Need update.ppo_epochs >= 1 and update.num_mini_batches >= 1: {update}.")
-    if rows % update.num_mini_batches:
+    if updates.ppo_epochs < 1 or updates.num_mini_batches < 1:
         raise ValueError(
-            f"A batch of {rows} rows does not split into update.num_mini_batches="
-            f"{update.num_mini_batches} equal mini-batches; pick a divisor of {rows}."
+            f"Need updates.ppo_epochs >= 1 and updates.num_mini_batches >= 1: {updates}."
         )
-    mini = rows // update.num_mini_batches
-    micro = update.micro_batch_size or mini
+    if rows % updates.num_mini_batches:
+        raise ValueError(
+            f"A batch of {rows} rows does not split into updates.num_mini_batches="
+            f"{updates.num_mini_batches} equal mini-batches; pick a divisor of {rows}."
+        )
+    mini = rows // updates.num_mini_batches
+    micro = updates.micro_batch_size or mini
     if mini % micro:
         raise ValueError(
-            f"Mini-batches of {mini} rows do not split into update.micro_batch_size={micro}; "
+            f"Mini-batches of {mini} rows do not split into updates.micro_batch_size={micro}; "
             f"pick a divisor of {mini} (0: no micro-batching)."
         )
     return mini, micro
 
 
-def minibatch_orders(update: Any, rows: int, seed: int, step: int) -> list[np.ndarray]:
+def minibatch_orders(updates: Any, rows: int, seed: int, step: int) -> list[np.ndarray]:
     """Row indices of each mini-batch of train step `step`, epochs in order (deterministic in
     (seed, step), so a resumed run updates on the same rows)."""
-    mini, _ = check_update_config(update, rows)
+    mini, _ = check_update_config(updates, rows)
     orders = []
-    for epoch in range(update.ppo_epochs):
+    for epoch in range(updates.ppo_epochs):
         order = np.arange(rows)
-        if update.shuffle and (update.ppo_epochs > 1 or update.num_mini_batches > 1):
+        if updates.shuffle and (updates.ppo_epochs > 1 or updates.num_mini_batches > 1):
             order = np.random.default_rng([seed, step, epoch]).permutation(rows)
         orders += [order[i : i + mini].astype(np.int32) for i in range(0, rows, mini)]
     return orders

@@ -54,11 +54,13 @@ def _line_count(path):
         return 0
 
 
-def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
+def _kill_and_resume(tmp_path, flags):
+    """Runs `flags` straight and, beside it, SIGKILLed after 20 steps then resumed; asserts
+    their metrics and final checkpoints are bitwise the same. Returns the two workdirs."""
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    reference = subprocess.Popen(_command(*FLAGS, f"--workdir={straight}"), cwd=ROOT,
+    reference = subprocess.Popen(_command(*flags, f"--workdir={straight}"), cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    victim = subprocess.Popen(_command(*FLAGS, f"--workdir={killed}"), cwd=ROOT,
+    victim = subprocess.Popen(_command(*flags, f"--workdir={killed}"), cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.monotonic() + 300
@@ -69,7 +71,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     victim.wait()
     killed_at = _line_count(metrics)
     assert 20 <= killed_at < 60
-    resumed = _run([*FLAGS, f"--workdir={killed}"])
+    resumed = _run([*flags, f"--workdir={killed}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert reference.wait() == 0
 
@@ -78,7 +80,11 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     assert final_a.keys() == final_b.keys()
     for name in final_a:
         np.testing.assert_array_equal(final_a[name], final_b[name], err_msg=name)
+    return straight, killed
 
+
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
+    straight, _ = _kill_and_resume(tmp_path, FLAGS)
     evaluated = _run([f"--workdir={straight}"], module="experiments.eval")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     with open(os.path.join(straight, "eval_60.json")) as f:
@@ -155,3 +161,17 @@ def test_command_line_mistakes_are_one_line_with_the_remedy(mistakes, typed, exp
     assert stderr.splitlines() == [stderr.strip()], stderr  # one line, no traceback
     assert stderr.startswith(expected.format(tmp=tmp)), stderr
     assert sorted(os.listdir(tmp)) == ["a_file"]  # nothing was created
+
+
+def test_sigkill_and_resume_with_reference_and_value_part_is_bitwise_identical(tmp_path):
+    # A frozen reference (a copy), a trainable value part with its own optimiser, and host
+    # metrics drawn from the rollout key (tests/helpers/parts_trainer.py).
+    flags = ["--config=tests/helpers/parts_config.py:smoke", *FLAGS[1:]]
+    straight, _ = _kill_and_resume(tmp_path, flags)
+    final = _arrays(straight, 60)
+    assert {name.split(".")[1] for name in final if name.startswith("params.")} == {
+        "policy",
+        "value",
+    }
+    train_records = [r for r in _records(straight) if "grad_norm" in r]  # not the eval ones
+    assert len({r["rollout/uniform"] for r in train_records}) == 60

@@ -3,8 +3,10 @@
 import os
 
 import pytest
+from ml_collections.config_flags import config_path
 
 from prm.training.config import ConfigFileError, base_config, load_config, model_config, parse_arg
+from prm.training.update import DEFAULT_UPDATES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -91,3 +93,26 @@ def test_broken_config_files_are_one_error_naming_the_file(tmp_path, monkeypatch
     (tmp_path / "broken.py").write_text(text)
     with pytest.raises(ConfigFileError, match=f"^broken.py.*{message}"):
         load_config("broken.py")
+
+
+def test_base_config_has_the_rl_blocks_with_the_loop_defaults():
+    c = base_config()
+    assert c.reference == "none" and not c.parts and not c.warm_start
+    assert c.updates.to_dict() == DEFAULT_UPDATES
+
+
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_every_base_config_key_can_be_overridden_on_the_command_line():
+    # `--config.a.b=v` resolves a.b with config_flags' path lookup: attribute first, then item
+    # (a block named like a ConfigDict method, e.g. `update`, would reach the method instead).
+    c = base_config()
+    c.lock()
+    for path, value in _leaves(c):
+        assert config_path.get_value(path, c) == value, path

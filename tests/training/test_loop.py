@@ -1,8 +1,10 @@
+import dataclasses
 import json
 import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs.toy import get_config
@@ -10,9 +12,19 @@ from prm.models import from_pretrained
 from prm.registry import TRAINERS
 from prm.trainers.sft import SFTTrainer
 from prm.training.checkpoints import Checkpointer, IncompatibleCheckpointError
-from prm.training.loop import build_run, restore, train
+from prm.training.loop import (
+    Stepper,
+    build_run,
+    check_or_write_config,
+    config_from_workdir,
+    restore,
+    train,
+)
 from prm.training.metrics_writer import TIMING_METRICS
 from prm.training.sharding import path_to_str
+from prm.training.state import reference_mode
+from tests.helpers.parts_config import get_config as parts_config
+from tests.helpers.parts_trainer import PolicyWithValueTrainer
 
 
 def _smoke(**overrides):
@@ -204,3 +216,110 @@ def test_hf_export_loads_as_a_transformers_model_and_tokenizer_pair(tmp_path):
     with jax.set_mesh(run.mesh):
         ours, _ = run.model()(np.array([ids], np.int32))
     np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4)
+
+
+def _parts_smoke():
+    """A reference ("auto": a copy), a trainable value part, uneven rows (tests/helpers)."""
+    config = parts_config("smoke")
+    config.export_hf = False
+    config.eval_every = 0
+    config.total_steps = 6
+    config.checkpoint_every = 2
+    return config
+
+
+def test_crash_and_resume_with_reference_and_value_part_is_bitwise_identical(tmp_path, monkeypatch):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    train(_parts_smoke(), straight)
+
+    original = PolicyWithValueTrainer.next_batch
+
+    def crash_at_step_5(self, models, step, rng):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, models, step, rng)
+
+    monkeypatch.setattr(PolicyWithValueTrainer, "next_batch", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(_parts_smoke(), split)  # 4 steps logged, last checkpoint at 4
+    assert len(_records(split)) == 4
+    monkeypatch.setattr(PolicyWithValueTrainer, "next_batch", original)
+    stored = config_from_workdir(split)  # resume as `--workdir` alone does: the stored config
+    stored.lock()
+    train(stored, split)
+
+    records = _records(straight)
+    assert _records(split) == records
+    # Host metrics of next_batch reach metrics.jsonl; row b trains on b + 1 tokens: 1 + … + 8.
+    assert [r["rollout/trained_tokens"] for r in records] == [36.0] * 6
+    assert len({r["rollout/uniform"] for r in records}) == 6  # a new rollout key every step
+    assert all(r["value/grad_norm"] > 0 for r in records)
+    final_a, final_b = _checkpoint_arrays(straight, 6), _checkpoint_arrays(split, 6)
+    assert final_a.keys() == final_b.keys()
+    # Both trainable parts and their optimiser states; the frozen reference is not saved.
+    assert {name.split(".")[1] for name in final_a if name.startswith("params.")} == {
+        "policy",
+        "value",
+    }
+    for name in final_a:
+        np.testing.assert_array_equal(final_a[name], final_b[name], err_msg=name)
+
+
+def _checkpoint_arrays(workdir, step):
+    """Every array of checkpoint `step`, by dotted name (read without building the run)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def _with_everything():
+    config = _parts_smoke()
+    config["updates"].update(ppo_epochs=2, num_mini_batches=4, micro_batch_size=1)
+    config.warm_start = _smoke()
+    return config
+
+
+@pytest.mark.parametrize("config", [_smoke, _with_everything], ids=["empty_blocks", "filled"])
+def test_config_round_trips_through_config_json(tmp_path, config):
+    config = config()
+    config.lock()
+    check_or_write_config(config, str(tmp_path))
+    stored = config_from_workdir(str(tmp_path))
+    stored.lock()
+    check_or_write_config(stored, str(tmp_path))  # a resumed run's config matches the stored one
+    assert stored.to_dict() == json.loads(config.to_json_best_effort())
+    assert stored["updates"].to_dict() == config["updates"].to_dict()
+    assert reference_mode(stored) == reference_mode(config)
+    assert stored.parts.to_dict() == config.parts.to_dict()
+    # Empty: build_run trains no warm start; else the same JSON, so the same cached warm start.
+    assert bool(stored.warm_start) == bool(config.warm_start)
+
+
+class _KeyRecorded(Exception):
+    pass
+
+
+@TRAINERS.register("test_records_rollout_key")
+class _KeyRecordingTrainer(SFTTrainer):
+    """Records the rollout key and the parts it is given, then stops the step."""
+
+    def setup(self, models):
+        self.calls = []
+
+    def next_batch(self, models, step, rng):
+        self.calls.append((step, sorted(models), np.asarray(rng)))
+        raise _KeyRecorded
+
+
+def test_rollout_key_is_fixed_by_seed_and_step(tmp_path):
+    run = build_run(_smoke(trainer="test_records_rollout_key", reference="copy"), str(tmp_path))
+    run.checkpointer.close()
+    reseeded = dataclasses.replace(run, config=_smoke(trainer="test_records_rollout_key", seed=1))
+    for stepper, step in [(Stepper(run), s) for s in (3, 1, 2, 3)] + [(Stepper(reseeded), 3)]:
+        with pytest.raises(_KeyRecorded):
+            stepper(step)
+    (_, parts, key3), (_, _, key1), (_, _, key2), (_, _, again3), (_, _, reseeded3) = (
+        run.trainer.calls
+    )
+    assert parts == ["policy", "reference"]
+    np.testing.assert_array_equal(again3, key3)
+    assert len({k.tobytes() for k in (key1, key2, key3, reseeded3)}) == 4

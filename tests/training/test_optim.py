@@ -5,7 +5,13 @@ import optax
 import pytest
 from flax import nnx
 
-from prm.training.optim import make_optimizer, make_schedule, trainable_filter
+from prm.training.optim import (
+    make_optimizer,
+    make_part_optimizer,
+    make_schedule,
+    trainable_filter,
+    updates_per_step,
+)
 
 
 def _optim(**overrides):
@@ -70,3 +76,40 @@ def test_trainable_filter_freezes_by_regex():
     names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)}
     assert names == {"head.kernel", "head.bias"}
     assert {".".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen)} == {"embed.embedding"}
+
+
+def _part_config(**parts):
+    return ml_collections.ConfigDict(
+        {"total_steps": 10, "optim": _optim(),
+         "parts": {name: {"init": "scratch", "head": "lm", "lr": lr} for name, lr in parts.items()}}
+    )  # fmt: skip
+
+
+def test_updates_per_step():
+    config = _part_config()
+    assert updates_per_step(config) == 1  # no `update` block: one update on the whole batch
+    config.updates = ml_collections.ConfigDict(
+        {"ppo_epochs": 2, "num_mini_batches": 3, "micro_batch_size": 4, "shuffle": True}
+    )
+    assert updates_per_step(config) == 6
+
+
+def test_part_optimizer_gives_each_part_its_learning_rate():
+    # First Adam step: lr · g/(|g| + eps) = lr · sign(g) for |g| >> eps, whatever |g|.
+    tx, _ = make_part_optimizer(_part_config(value=0.01, twin=0.0))
+    params = {"policy": jnp.zeros(3), "value": jnp.zeros(2), "twin": jnp.zeros(2)}
+    grads = {"policy": jnp.array([1.0, -5.0, 0.5]), "value": jnp.array([2.0, -0.1]),
+             "twin": jnp.array([3.0, 4.0])}  # fmt: skip
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["policy"], [-0.1, 0.1, -0.1], rtol=1e-5)
+    np.testing.assert_allclose(updates["value"], [-0.01, 0.01], rtol=1e-5)
+    np.testing.assert_allclose(updates["twin"], [-0.1, -0.1], rtol=1e-5)  # lr 0: optim.lr
+
+
+def test_part_optimizer_schedule_counts_optimizer_updates():
+    config = _part_config()
+    config.optim.update(schedule="linear", warmup_steps=4)
+    _, schedule = make_part_optimizer(config, updates_per_train_step=4)
+    # 10 train steps × 4 updates: warmup over updates 0..4, then linear decay to 0 at 40.
+    assert np.isclose(schedule(2), 0.05) and np.isclose(schedule(4), 0.1)
+    assert np.isclose(schedule(22), 0.05) and np.isclose(schedule(40), 0.0)
