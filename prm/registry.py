@@ -26,6 +26,7 @@ REGISTERING_MODULES: list[str] = [
     "prm.judges.reference",
     "prm.trainers.search_r1",
     "prm.trainers.sft",
+    "prm.trainers.slate",
 ]
 
 

@@ -6,20 +6,23 @@
     session.append(observations)                           # forced tokens into chosen rows
     siblings = session.fork(5)                             # k continuations of each row
     chosen = siblings.select([2])                          # keep the sibling that continues
+    logprobs = chosen.append([tag], score=True)            # forced tokens and their log π
 
 A session owns a KV cache on device and carries it across calls: nothing already in the cache is
 ever prefilled again. Each row keeps its last context token *pending* (not yet in the cache): a
-decode step feeds the pending token and samples the next one, so prefill and appends never
-compute logits, and forced tokens, forks and per-row lengths need no special cases.
+decode step feeds the pending token and samples the next one, so prefill and appends compute no
+logits (unless an append is asked to score its tokens), and forced tokens, forks and per-row
+lengths need no special cases.
 
 Design (after the tunix `Sampler` and big_vision's prefill/repeat/decode, see
 /work/shared/papers/jax_anchors.md §1.3, §4.3): the model is split once per session
-(`nnx.split`), its state passed to two jitted functions that `nnx.merge` inside; `_extend`
-writes right-padded tokens into the cache (prefill and appends), `_decode` is one
-`lax.while_loop` that stops when every row has finished. The cache is donated to both, so XLA
-updates it in place. Shapes are bucketed so a run compiles a handful of programs: cache capacity
-and tokens written per call to 2^i or 3 * 2^(i-1), the decode buffer and the stop table to powers
-of two. The cache grows to the next bucket when a call needs more room (`reserve` avoids that).
+(`nnx.split`), its state passed to jitted functions that `nnx.merge` inside; `_extend`
+writes right-padded tokens into the cache (prefill and appends; `_extend_scored` also scores
+them), `_decode` is one `lax.while_loop` that stops when every row has finished. The cache is
+donated to each, so XLA updates it in place. Shapes are bucketed so a run compiles a handful of
+programs: cache capacity and tokens written per call to 2^i or 3 * 2^(i-1), the decode buffer
+and the stop table to powers of two. The cache grows to the next bucket when a call needs more
+room (`reserve` avoids that).
 
 Determinism: with a key, the token at position p of row b is drawn with
 `fold_in(row_key_b, p)` where `row_key_b = fold_in(key, b)` (or `key[b]` for a batch of keys).
@@ -40,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from prm.models import KVCache, Transformer
+from prm.models import KVCache, Transformer, chunked_logprobs
 from prm.sampling.filters import GREEDY, SamplingParams, sample_tokens
 from prm.sampling.stops import NO_TOKEN, match_stops, pack_stops, push_tail
 
@@ -99,6 +102,17 @@ def _extend(graphdef, params, cache: KVCache, input_ids, input_mask) -> KVCache:
     model = nnx.merge(graphdef, params)
     _, cache = model.hidden_states(input_ids, input_mask, cache=cache)
     return cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def _extend_scored(
+    graphdef, params, cache: KVCache, input_ids, input_mask, targets
+) -> tuple[KVCache, jax.Array]:
+    """`_extend`, plus log π(targets[b, i] | everything up to input_ids[b, i]) [B, W]."""
+    model = nnx.merge(graphdef, params)
+    hidden, cache = model.hidden_states(input_ids, input_mask, cache=cache)
+    logprobs, _ = chunked_logprobs(model.unembed, hidden, targets)
+    return cache, jnp.where(input_mask, logprobs, 0.0)
 
 
 @struct.dataclass
@@ -345,10 +359,13 @@ class Session:
         )
         return jax.tree.map(lambda x: x[:, :max_new_tokens] if x.ndim == 2 else x, generation)
 
-    def append(self, tokens: Sequence[Tokens]) -> None:
+    def append(self, tokens: Sequence[Tokens], *, score: bool = False) -> list[np.ndarray] | None:
         """Forces tokens into the rows' contexts: tokens[b] (possibly empty) is appended to row b.
 
-        Only the new tokens are prefilled; the next `generate` continues after them.
+        Only the new tokens are prefilled; the next `generate` continues after them. With
+        `score`, also returns per row the log-probs log π(tokens[b][i] | context, tokens[b][:i])
+        at temperature 1 (float32 [len(tokens[b])]), read off the same prefill: what forced
+        continuations cost under the policy (e.g. to choose between two of them).
         """
         if len(tokens) != self.batch_size:
             raise ValueError(
@@ -359,7 +376,8 @@ class Session:
         # Row b writes its pending token and all forced tokens but the last, which becomes pending.
         writes = [[int(pending[b]), *t[:-1]] if len(t) else [] for b, t in enumerate(tokens)]
         new_pending = [t[-1] if len(t) else int(pending[b]) for b, t in enumerate(tokens)]
-        self._write(writes, new_pending)
+        # Write i of a row predicts its forced token i.
+        return self._write(writes, new_pending, targets=tokens if score else None)
 
     def fork(self, k: int) -> Session:
         """A new session with each row repeated k times (row b -> rows b*k .. b*k + k - 1).
@@ -403,7 +421,12 @@ class Session:
             capacity = self.sampler.capacity_for(needed)
             self.cache = _resize(self.cache, max_len=capacity)
 
-    def _write(self, writes: list[list[int]], new_pending: list[int]) -> None:
+    def _write(
+        self,
+        writes: list[list[int]],
+        new_pending: list[int],
+        targets: Sequence[Tokens] | None = None,
+    ) -> list[np.ndarray] | None:
         vocab = self.sampler.config.vocab_size
         for tokens in [*writes, new_pending]:
             ids = np.asarray(tokens, np.int64)
@@ -414,7 +437,7 @@ class Session:
         counts = np.array([len(w) for w in writes], np.int32)
         if counts.max() == 0:
             self.pending = jnp.asarray(new_pending, jnp.int32)
-            return
+            return None if targets is None else [np.zeros(0, np.float32) for _ in writes]
         self._reserve(counts)
         # At least 16 wide: a short append costs what a 1-token one does (weights are read once).
         width = _bucket(max(int(counts.max()), 16))
@@ -422,10 +445,17 @@ class Session:
         for b, w in enumerate(writes):
             ids[b, : len(w)] = w
         mask = np.arange(width)[None, :] < counts[:, None]
-        self.cache = _extend(
-            self._graphdef, self._params, self.cache, jnp.asarray(ids), jnp.asarray(mask)
-        )
+        args = (self._graphdef, self._params, self.cache, jnp.asarray(ids), jnp.asarray(mask))
+        if targets is None:
+            self.cache = _extend(*args)
+            self.pending = jnp.asarray(new_pending, jnp.int32)
+            return None
+        target_ids = np.zeros_like(ids)
+        for b, t in enumerate(targets):
+            target_ids[b, : len(t)] = t
+        self.cache, logprobs = _extend_scored(*args, jnp.asarray(target_ids))
         self.pending = jnp.asarray(new_pending, jnp.int32)
+        return [np.asarray(logprobs)[b, : len(t)] for b, t in enumerate(targets)]
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from prm.models import Transformer
+from prm.models import Transformer, token_logprobs
 from prm.sampling import FinishReason, Sampler, SamplingParams
 from tests.helpers.tiny_models import tiny_config
 
@@ -157,6 +157,31 @@ def test_forced_tokens_equal_prompting_from_scratch(sampler, sampling):
     scratch = sampler.start(rebuilt).generate(8, **kwargs)
     assert_same_rows(carried, scratch)
     np.testing.assert_array_equal(session.lengths(), [len(r) + 8 for r in rebuilt])
+
+
+def test_scored_append_gives_the_forward_pass_logprobs(model, sampler):
+    """Scores of forced tokens equal an uncached forward over the whole context, and the
+    session goes on exactly as after a plain append."""
+    forced = [[40, 41, 42], [], [43]]
+    session = sampler.start(PROMPTS)
+    first = session.generate(4).token_lists()
+    plain = sampler.start(PROMPTS)
+    plain.generate(4)
+    scores = session.append(forced, score=True)
+    plain.append(forced)
+    assert [len(s) for s in scores] == [3, 0, 1]
+    contexts = [p + f + t for p, f, t in zip(PROMPTS, first, forced)]
+    width = max(map(len, contexts))
+    ids = np.zeros((len(contexts), width), np.int32)
+    for b, c in enumerate(contexts):
+        ids[b, : len(c)] = c
+    real = np.arange(width) < np.array([len(c) for c in contexts])[:, None]
+    expected = token_logprobs(model, jnp.asarray(ids), jnp.asarray(real)).logprobs
+    for b, (context, tail) in enumerate(zip(contexts, forced)):
+        start = len(context) - len(tail)
+        np.testing.assert_allclose(scores[b], expected[b, start : len(context)], atol=1e-5)
+    assert_same_rows(session.generate(5), plain.generate(5))
+    assert [len(s) for s in session.append([[], [], []], score=True)] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("sampling", [None, SAMPLED], ids=["greedy", "sampled"])
