@@ -26,12 +26,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MESH = jax.make_mesh((1,), ("data",))
 
 
-def make_trainer(tmp_path, **rollout):
+def make_trainer(tmp_path, opening="", **rollout):
     config = get_config("smoke")
     config.data.batch_size = 4
+    config.data.env = {"after_observation": opening}
     config.rollout.k = 3
     config.rollout.update(rollout)
     return SlateTrainer(config, MESH, str(tmp_path))
+
+
+def sibling_rows(rollout):
+    return sum(len(g.siblings) for g in rollout.groups)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,14 @@ def free(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def thinking(tmp_path_factory):
+    """Constrained, with `<think>` forced before every step: siblings think first."""
+    return make_trainer(
+        tmp_path_factory.mktemp("thinking"), opening="<think>", action_choice="constrained"
+    )
+
+
+@pytest.fixture(scope="module")
 def played(constrained, policy):
     """One constrained rollout of 4 questions and its batch."""
     questions = next(constrained.data)
@@ -62,10 +75,11 @@ def test_registered():
     assert TRAINERS.get("slate") is SlateTrainer
 
 
-@pytest.mark.parametrize("choice", ["free", "constrained"])
-def test_forked_siblings_equal_siblings_of_reprefilled_prefixes(choice, free, constrained, policy,
-                                                                 monkeypatch):  # fmt: skip
-    trainer = {"free": free, "constrained": constrained}[choice]
+@pytest.mark.parametrize("choice", ["free", "constrained", "thinking"])
+def test_forked_siblings_equal_siblings_of_reprefilled_prefixes(
+    choice, free, constrained, thinking, policy, monkeypatch
+):
+    trainer = {"free": free, "constrained": constrained, "thinking": thinking}[choice]
     k = trainer.k
     env = trainer.make_env()
     questions = next(trainer.data)[:2]
@@ -92,9 +106,9 @@ def test_forked_siblings_equal_siblings_of_reprefilled_prefixes(choice, free, co
 
 def test_every_sibling_row_gets_gradient(played, policy):
     rollout, batch, _ = played
-    siblings = [s for g in rollout.groups for s in g.siblings]
-    real = len(siblings)
-    assert real == trainer_rows(rollout) and real < len(batch["tokens"])
+    real = sibling_rows(rollout)
+    assert real < len(batch["tokens"])
+    assert np.abs(batch["advantages"][:real]).sum(1).any()  # some siblings carry signal
     prepared = reference_logprobs(
         {"policy": policy, "reference": policy}, jax.tree.map(jnp.asarray, batch),
         PolicyLossConfig(),
@@ -105,10 +119,6 @@ def test_every_sibling_row_gets_gradient(played, policy):
     per_row = np.abs(np.asarray(grad)).sum(axis=1)
     assert (per_row[:real] > 0).all(), per_row[:real]
     assert (per_row[real:] == 0).all()
-
-
-def trainer_rows(rollout):
-    return sum(len(g.siblings) for g in rollout.groups)
 
 
 def test_rows_are_prefix_plus_sibling_with_its_advantage(played, constrained, policy):
@@ -142,7 +152,7 @@ def test_rows_are_prefix_plus_sibling_with_its_advantage(played, constrained, po
 
 def test_padding_rows_are_empty_and_change_no_loss(played, policy):
     rollout, batch, _ = played
-    real = trainer_rows(rollout)
+    real = sibling_rows(rollout)
     assert len(batch["tokens"]) == 4 * 2 * 3  # questions × budget × k
     for name in ("loss_mask", "advantages", "old_logprobs", "input_mask"):
         assert not batch[name][real:].any(), name
@@ -277,7 +287,7 @@ def test_forced_answer_is_neither_trained_nor_judged(tmp_path, policy):
     forced = rollout.ends.count("forced_answer")
     assert forced > 0
     assert len(rollout.groups) == len(questions)  # one judged step each
-    assert trainer.judge.stats["judgements"] == 2 * trainer_rows(rollout)
+    assert trainer.judge.stats["judgements"] == 2 * sibling_rows(rollout)
     assert step_id.max() == 0 and len(batch["tokens"]) == len(questions) * trainer.k
     sibling_tokens = sum(len(s.tokens) for g in rollout.groups for s in g.siblings)
     assert rollout.sampled_tokens > sibling_tokens  # the forced answers were decoded
@@ -289,9 +299,29 @@ def test_constrained_siblings_always_have_an_action_tag(played, constrained):
     rollout, _, _ = played
     for group in rollout.groups:
         for s in group.siblings:
-            tag = s.tokens[s.action_start : s.action_start + len(constrained.tags[0])]
-            assert tag in constrained.tags
+            assert s.action_start == 0  # no think stage without a forced <think>
+            assert s.tokens[: len(constrained.tags[0])] in constrained.tags
             assert s.valid or s.action.reason.startswith(("empty", "longer"))
+
+
+def test_constrained_siblings_think_first_when_the_opening_forces_think(thinking, policy):
+    questions = next(thinking.data)
+    rollout = thinking.play({"policy": policy}, questions, jax.random.PRNGKey(2))
+    close, forced_closes = thinking.think_close, 0
+    assert thinking.tags == [thinking.encode("\n<search>"), thinking.encode("\n<answer>")]
+    for group in rollout.groups:
+        assert group.context[-len(thinking.opening) :] == thinking.opening
+        for s in group.siblings:
+            think, action = s.tokens[: s.action_start], s.tokens[s.action_start :]
+            assert (
+                think[-len(close) :] == close and action[: len(thinking.tags[0])] in thinking.tags
+            )
+            # The reasoning is sampled; a `</think>` the policy did not write is forced (context).
+            assert all(s.trained[: s.action_start - len(close)])
+            forced_closes += not any(s.trained[s.action_start - len(close) : s.action_start])
+            assert s.env_text == thinking.decode(action)
+            assert s.valid or s.action.reason.startswith(("empty", "longer"))
+    assert forced_closes > 0
 
 
 def test_next_batch_metrics(free, policy):
@@ -301,8 +331,9 @@ def test_next_batch_metrics(free, policy):
     assert 0 <= metrics["invalid_sibling_fraction"] <= 1
     ends = ("answer", "forced_answer", "invalid", "truncated")
     assert sum(metrics[f"end/{end}"] for end in ends) == pytest.approx(1.0)
-    for name in ("reward", "exact_match", "steps_per_question", "sibling_advantage_variance",
-                 "advantage_variance/step", "judge/candidates", "sampled_tokens_per_s"):  # fmt: skip
+    names = ("reward", "exact_match", "steps_per_question", "sibling_advantage_variance",
+             "advantage_variance/step", "judge/candidates", "sampled_tokens_per_s")  # fmt: skip
+    for name in names:
         assert np.isfinite(metrics[name]), name
 
 
@@ -327,8 +358,7 @@ def test_bad_rollout_config_raises(tmp_path):
         make_trainer(tmp_path, k=1)
 
 
-@pytest.mark.slow
-def test_smoke_run_end_to_end(tmp_path):
+def test_smoke_config_runs_as_typed(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "experiments.train", "--config=configs/slate.py:smoke",
          f"--workdir={tmp_path / 'slate'}"],
