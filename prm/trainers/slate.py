@@ -15,8 +15,8 @@ Per train step, for a batch of questions, batched over the questions still playi
     no answer after B steps: force the answer opening, decode to </answer>; not trained, not judged
 
 The batch has one row per sibling of every step of every question: the shared prefix (prompt and
-chosen path, loss mask 0), then the sibling's action (loss mask 1, `step_id` t, advantage
-A_t^(j) on every token, π_old = the sampler's log-probs). The loss is `WorldRLTrainer`'s PPO clip
+chosen path, loss mask 0), then the sibling's action (loss mask 1 on the tokens the policy chose,
+`step_id` t, advantage A_t^(j), π_old = the sampler's log-probs). The loss is `WorldRLTrainer`'s PPO clip
 (ε = 0.2) + k3 KL (β = 0.001) over every sibling's action tokens (§2.6; `policy_loss.ratio_level`
 "token" as verl runs it, or "sequence" as the paper's `aggregate_step_objectives`). Rows are
 padded to `data.seq_len`, and the row count to questions × B × k with empty rows (loss mask 0,
@@ -184,7 +184,7 @@ class SlateTrainer(WorldRLTrainer):
     """Config (see `configs/slate.py`): `rollout.k`, `budget` (B), `eta` (η), `action_choice`,
     `invalid_reward`, `early_answer_bonus` (λ), `bonus_indexing`, `forced_answer`, `temperature`,
     `max_step_tokens`; the `judge` block (`prm.judges.make_judge`; the reference judge reads its
-    world from `data`)."""
+    world from `data`). The budget is also the env's `max_turns` in training episodes."""
 
     def __init__(self, config: Any, mesh: jax.sharding.Mesh, workdir: str):
         if config.data.name != "world_questions":
