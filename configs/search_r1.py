@@ -4,8 +4,9 @@ Search-R1 (Jin et al., 2025, arXiv 2503.09516; notes: search_r1_stepsearch.md): 
 group of n = 5 full trajectories with the BM25 retriever in the loop, outcome EM reward (the
 format-shaped reward by `reward=format`), GRPO advantages (unbiased std, ε = 1e-6), PPO clip 0.2
 (dual clip 3) + k3 KL 0.001 to the frozen initial policy, observation tokens masked, one update
-per batch. The policy is the SFT warm start of `configs/sft.py` (trained once into
-`~/.cache/prm/warm_starts/`, ~14 min on 2 CPU cores, then shared by every RL run). Launch:
+per batch. The policy is the SFT warm start of `configs/sft.py`, shipped with prm
+(`prm/assets/warm_starts/`; were its config changed, it is trained once into
+`~/.cache/prm/warm_starts/`, ~14 min on 2 CPU cores). Launch:
 
     python -m experiments.train --config=configs/search_r1.py --workdir=workdirs/search_r1
     python -m experiments.train --config=configs/search_r1.py:seed=1 --workdir=workdirs/search_r1_s1

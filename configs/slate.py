@@ -14,8 +14,9 @@ sequence ratio by `--config.policy_loss.ratio_level=sequence`), one update per b
     python -m experiments.train --config=configs/slate.py:seed=1 --workdir=workdirs/slate_s1
     python -m experiments.train --config=configs/slate.py:smoke --workdir=/tmp/slate_smoke
 
-The policy is the SFT warm start of `configs/sft.py` (trained once into `~/.cache/prm/warm_starts/`,
-~14 min on 2 CPU cores, shared with every RL run). The default run: 8 questions per step × up to
+The policy is the SFT warm start of `configs/sft.py`, shipped with prm (`prm/assets/warm_starts/`;
+were its config changed, it is trained once into `~/.cache/prm/warm_starts/`, ~14 min on 2 CPU
+cores). The default run: 8 questions per step × up to
 B·k = 20 siblings each (160 rows, padded), 60 steps, held-out EM at steps 0 and 60. Measured on 2
 shared CPU cores from the SFT start: ~9 s per step (the update of the 160 padded rows ~8.5 s;
 sampling, retrieval and judging < 1 s), ~20 s for the first (compilation), so ~10 minutes plus

@@ -19,9 +19,9 @@ chosen path, loss mask 0), then the sibling's action (loss mask 1 on the tokens 
 `step_id` t, advantage A_t^(j), π_old = the sampler's log-probs). The loss is `WorldRLTrainer`'s PPO clip
 (ε = 0.2) + k3 KL (β = 0.001) over every sibling's action tokens (§2.6; `policy_loss.ratio_level`
 "token" as verl runs it, or "sequence" as the paper's `aggregate_step_objectives`). Rows are
-padded to `data.seq_len`, and the row count to questions × B × k with empty rows (loss mask 0,
-advantage 0) so the jitted update compiles once; every loss aggregation ignores empty rows
-(`prm.losses`, `prm.training.update`).
+padded to `data.seq_len`, and the row count up to a multiple of questions × k with empty rows
+(loss mask 0, advantage 0), so the jitted update compiles at most B times; every loss
+aggregation ignores empty rows (`prm.losses`, `prm.training.update`).
 
 Actions (`rollout.action_choice`):
   "free"         a sibling is whatever the policy writes until `</search>` or `</answer>`, parsed
@@ -503,8 +503,8 @@ class SlateTrainer(WorldRLTrainer):
     def batch(
         self, played: SlateRollout, num_questions: int
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """(the update's arrays, step_id): one row per sibling, padded to questions × B × k rows
-        of `data.seq_len` tokens (module docstring)."""
+        """(the update's arrays, step_id): one row per sibling, padded to a multiple of
+        questions × k rows of `data.seq_len` tokens (module docstring)."""
         rows, advantages = [], []
         for g, group in enumerate(played.groups):
             for sibling, reward, advantage in zip(group.siblings, group.rewards, group.advantages):
@@ -527,7 +527,10 @@ class SlateTrainer(WorldRLTrainer):
                 advantages.append(advantage)
         trajectories = collate(rows, self.config.data.seq_len, self.assets.tokenizer.pad_token_id)
         token_advantages = np.asarray(advantages, np.float32)[:, None] * trajectories.loss_mask
-        total = num_questions * self.budget * self.k
+        # A multiple of questions × k rows: at most B shapes to compile, and far fewer empty rows
+        # than padding every batch to questions × B × k (most questions answer before B).
+        unit = num_questions * self.k
+        total = min(-(-len(rows) // unit), self.budget) * unit
         batch = _pad_rows(token_batch(trajectories, token_advantages), total)
         step_id = _pad_rows({"step_id": trajectories.step_id}, total, fill=-1)["step_id"]
         return batch, step_id

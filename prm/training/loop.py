@@ -271,16 +271,32 @@ def _with_warm_start(config: Any) -> Any:
     return resolved
 
 
+# Warm starts shipped with the package (`prm/assets/warm_starts/<warm_start_name>/hf`): used
+# instead of training when the config matches, so a fresh clone's RL run starts at once.
+SHIPPED_WARM_STARTS = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "assets", "warm_starts"
+)
+
+
+def warm_start_name(warm_start: Any) -> str:
+    """`<trainer>-<hash>` of a warm-start config; keys that only steer how a run is driven
+    (`RUN_CONTROL_KEYS`) do not count, so the same training gives the same name."""
+    spec = {k: v for k, v in _config_json(warm_start).items() if k not in RUN_CONTROL_KEYS}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{warm_start.trainer}-{digest}"
+
+
 def ensure_warm_start(warm_start: Any, directory: str = "") -> str:
-    """The HF export of the run `warm_start` (a config), trained once into `directory` (default
-    `$PRM_CACHE_DIR/warm_starts/<trainer>-<hash of the config>`, shared by every run that names
-    the same warm start). A run interrupted before its export resumes from its checkpoint."""
+    """The HF export of the run `warm_start` (a config): the one shipped with prm when its name
+    matches (`SHIPPED_WARM_STARTS`), else trained once into `directory` (default
+    `$PRM_CACHE_DIR/warm_starts/<warm_start_name>`, shared by every run that names the same warm
+    start). A run interrupted before its export resumes from its checkpoint."""
     if not directory:
-        digest = hashlib.sha256(
-            json.dumps(_config_json(warm_start), sort_keys=True).encode()
-        ).hexdigest()[:12]
+        shipped = os.path.join(SHIPPED_WARM_STARTS, warm_start_name(warm_start), "hf")
+        if os.path.isfile(os.path.join(shipped, "config.json")):
+            return shipped
         root = os.environ.get("PRM_CACHE_DIR") or os.path.join("~", ".cache", "prm")
-        directory = os.path.join(root, "warm_starts", f"{warm_start.trainer}-{digest}")
+        directory = os.path.join(root, "warm_starts", warm_start_name(warm_start))
     directory = resolve_workdir(directory)
     export = os.path.join(directory, "hf")
     if not os.path.isfile(os.path.join(export, "config.json")):
