@@ -3,8 +3,10 @@
 # holds only the dependencies; every recipe, and every process it starts, imports this clone's
 # code first through PYTHONPATH, so clones sharing one cached venv never import each other's.
 PY := .venv/bin/python
-WORKDIR ?= workdirs/default
-CONFIG ?= configs/sft.py
+# `make train` is the README's main job; CONFIG=... and WORKDIR=... change it (the workdir
+# defaults to workdirs/<config name>, relative to this directory).
+CONFIG ?= configs/slate.py
+WORKDIR ?=
 # `make test ARGS="tests/test_losses.py -k grpo"`: run only these pytest arguments.
 ARGS ?=
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -15,7 +17,7 @@ venv:
 	@bash tools/venv.sh
 
 train: venv
-	$(PY) -m experiments.train --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m experiments.train --config=$(CONFIG)$(if $(WORKDIR), --workdir=$(WORKDIR))
 
 # Default suite (< 15 min on 2 CPU cores): single-device tests, then the multi-device tests in
 # their own process (they simulate 8 CPU devices, which must happen before JAX starts).

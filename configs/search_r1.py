@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import sft
+from prm.training.policy_step import policy_loss_block
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,17 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict(
         {"group_size": 5, "temperature": 1.0, "max_step_tokens": 48, "reward": opts.reward}
     )
-    c.policy_loss = ml_collections.ConfigDict(
-        {
-            "clip_eps_low": 0.2,
-            "clip_ratio_c": 3.0,
-            "ratio_level": "token",
-            "aggregation": "token-mean",
-            "kl_coef": 0.001,
-            "kl_estimator": "k3",
-            "recompute_old_logprobs": True,
-        }
-    )
+    # The sampler's log-probs are π_old exactly at temperature 1 (up to float error between the
+    # cached decode and a full forward): on CPU, skip recomputing them.
+    c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
     c.updates = ml_collections.ConfigDict(
         {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 0, "shuffle": True}
     )

@@ -54,6 +54,7 @@ import ml_collections
 
 from configs import sft
 from configs.common import base_config, model_config, parse_arg
+from prm.training.policy_step import policy_loss_block
 
 # Qwen2.5 base models (their config.json; the weights come from `model.init_from`).
 QWEN25 = {
@@ -101,7 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The world's exact judge; world, cache_dir and vocab_size come from `data`.
         {"name": "reference", "error_rate": opts.judge_error, "seed": opts.seed}
     )
-    c.policy_loss = policy_loss_config()
+    # The sampler's log-probs are π_old exactly at temperature 1 (up to float error between the
+    # cached decode and a full forward): on CPU, skip recomputing them.
+    c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
     c.update = ml_collections.ConfigDict(
         {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 0, "shuffle": True}
     )
@@ -130,20 +133,6 @@ def rollout_config(opts, *, max_step_tokens: int, forced_answer: str) -> ml_coll
             "early_answer_bonus": 0.1,  # λ
             "bonus_indexing": "paper",  # t 1-indexed in λ(B − t)/B; "code": the released code's
             "forced_answer": forced_answer,  # forced after B steps without an answer
-        }
-    )
-
-
-def policy_loss_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {
-            "clip_eps_low": 0.2,
-            "clip_ratio_c": 3.0,
-            "ratio_level": "token",
-            "aggregation": "token-mean",
-            "kl_coef": 0.001,
-            "kl_estimator": "k3",
-            "recompute_old_logprobs": True,
         }
     )
 
@@ -205,7 +194,7 @@ def paper_config(opts) -> ml_collections.ConfigDict:
             "cache_dir": "",
         }
     )
-    c.policy_loss = policy_loss_config()
+    c.policy_loss = policy_loss_block()  # verl's actor: π_old recomputed
     c.update = ml_collections.ConfigDict(
         {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 8, "shuffle": True}
     )

@@ -3,6 +3,7 @@ r"""Trains (or resumes) one run; the workdir holds everything the run needs.
     python -m prm.train --config=my_config.py:smoke --workdir=/tmp/run
     python -m prm.train --config=my_config.py --config.optim.lr=1e-3 --workdir=/tmp/run
     python -m prm.train --workdir=/tmp/run     # resume with the stored config
+    python -m prm.train --config=my_config.py  # workdir: workdirs/my_config
 
 In the prm repository `python -m experiments.train` runs this with the repository's
 `configs/`; a project that installs prm writes its own config files (`prm.training.config`).
@@ -34,8 +35,12 @@ from prm.training.loop import Interrupted, config_from_workdir, train
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with options: path.py:opt1,opt2=v.", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, checkpoints, metrics).")
-flags.mark_flag_as_required("workdir")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory (config, checkpoints, metrics). Default with --config: workdirs/<config name>"
+    "[-<options>] under the current directory.",
+)
 
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
 _BAD_OVERRIDE = re.compile(r"^flag --config\.([\w.]+)=(.*?): (.*)$", re.S)
@@ -128,6 +133,16 @@ def _expanded(arg: str, path: str) -> str:
     return arg.replace(path, os.path.expanduser(path), 1)
 
 
+def default_workdir(config_spec: str) -> str:
+    """`workdirs/<config file stem>[-<options>]` (relative to the current directory) for a run
+    started without --workdir: `configs/slate.py:k=3,smoke` → `workdirs/slate-k=3-smoke`."""
+    path, _, options = config_spec.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if options:
+        name += "-" + re.sub(r"[^\w.=+-]", "-", options.replace(",", "-"))
+    return os.path.join("workdirs", name)
+
+
 def workdir_problem(workdir: str) -> str | None:
     """Why `workdir` cannot hold a run (not a directory, or not writable), or None.
 
@@ -153,7 +168,14 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; flags are --config=FILE.py[:options], "
              "--config.FIELD=VALUE and --workdir=DIR.")  # fmt: skip
-    workdir = os.path.expanduser(_WORKDIR.value)
+    workdir = _WORKDIR.value
+    if workdir is None:
+        position = _config_position(sys.argv)
+        if position is None:
+            fail("pass --config=FILE.py to start a run (its workdir defaults to workdirs/NAME), "
+                 "or --workdir=DIR to resume one.")  # fmt: skip
+        workdir = default_workdir(position[1])
+    workdir = os.path.expanduser(workdir)
     if problem := workdir_problem(workdir):
         fail(problem)
     workdir = os.path.abspath(workdir)  # orbax needs absolute checkpoint paths

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from prm.losses import aggregate_loss, kl_penalty, ppo_policy_loss
@@ -50,6 +52,11 @@ class PolicyLossConfig:
     # π_old for the ratio: recomputed with the policy before the updates (exact; verl's default)
     # or the sampler's log-probs carried in the batch (saves a forward pass).
     recompute_old_logprobs: bool = True
+
+
+def policy_loss_block(**overrides: Any) -> ml_collections.ConfigDict:
+    """A config's `policy_loss` block: the `PolicyLossConfig` defaults with `overrides`."""
+    return ml_collections.ConfigDict(dataclasses.asdict(PolicyLossConfig(**overrides)))
 
 
 def policy_loss(

@@ -124,7 +124,7 @@ MISTAKES = [
         "error: --workdir={tmp}/a_file/run: {tmp}/a_file is a file, not a directory; pass a "
         "--workdir in a directory you can write to",
     ),
-    ("--config=configs/toy.py:smoke", "error: --workdir is required: the run's directory"),
+    ("", "error: pass --config=FILE.py to start a run (its workdir defaults to workdirs/NAME)"),
     (
         "--workdir={tmp}/run",
         "error: {tmp}/run does not exist: it holds no run. Pass --config",
@@ -175,3 +175,22 @@ def test_sigkill_and_resume_with_reference_and_value_part_is_bitwise_identical(t
     }
     train_records = [r for r in _records(straight) if "grad_norm" in r]  # not the eval ones
     assert len({r["rollout/uniform"] for r in train_records}) == 60
+
+
+def test_default_workdir_is_named_after_the_config(tmp_path):
+    from prm.train import default_workdir
+
+    assert default_workdir("configs/slate.py") == os.path.join("workdirs", "slate")
+    assert default_workdir("configs/slate.py:k=3,smoke") == os.path.join(
+        "workdirs", "slate-k=3-smoke"
+    )
+    # As typed, without --workdir, from another directory: the run lands in ./workdirs/<name>.
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    done = subprocess.run(
+        _command(f"--config={ROOT}/configs/toy.py:smoke", "--config.total_steps=2"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    workdir = tmp_path / "workdirs" / "toy-smoke"
+    assert f"Starting a run of 2 steps in {workdir}." in done.stdout
+    assert (workdir / "checkpoints" / "2").is_dir()
