@@ -81,11 +81,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = opts.seed
     c.total_steps = opts.steps
     c.checkpoint_every = 20
-    c.eval_every = opts.steps
+    c.eval_every = max(opts.steps // 2, 1)  # held-out EM at steps 0, steps/2 and steps
     c.eval_at_start = True
     c.warm_start = warm_start
     c.reference = "copy"
-    c.optim.lr = 1e-4
+    c.optim.lr = 3e-4  # as configs/search_r1.py: one optimiser for the comparison
     c.optim.schedule = "constant"
     c.optim.warmup_steps = 0
     c.optim.weight_decay = 0.0
@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The sampler's log-probs are π_old exactly at temperature 1 (up to float error between the
     # cached decode and a full forward): on CPU, skip recomputing them.
     c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
-    c.update = ml_collections.ConfigDict(
+    c.updates = ml_collections.ConfigDict(
         {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 0, "shuffle": True}
     )
     c.eval.qa.expert = False
@@ -195,7 +195,7 @@ def paper_config(opts) -> ml_collections.ConfigDict:
         }
     )
     c.policy_loss = policy_loss_block()  # verl's actor: π_old recomputed
-    c.update = ml_collections.ConfigDict(
+    c.updates = ml_collections.ConfigDict(
         {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 8, "shuffle": True}
     )
     return c
