@@ -46,6 +46,15 @@ top-3 retrieval from a Search-R1 retriever (`data.retriever_url`), observations 
 questions, BM25 retriever, tokenizer and QA evaluation), so these configs build but the trainer
 stops at once with an error saying so; a Search-R1 question source, the retrieval client in the
 env and the benchmark evaluation are what is missing.
+
+The memory each device needs (no weights or devices: `prm.training.memory_plan`), on the
+simulated `dry_run_devices` (default 8xH200), and a setting that does not fit (exit status 2):
+
+    python -m experiments.train --config=configs/slate.py:model=qwen2.5-3b --config.dry_run=True
+    python -m experiments.train --config=configs/slate.py:model=qwen2.5-7b --config.dry_run=True \
+        --config.dry_run_devices=v5p-8
+    python -m experiments.train --config=configs/slate.py:model=qwen2.5-7b --config.dry_run=True \
+        --config.dry_run_devices=v5e-8 --config.mesh.fsdp=1 --config.mesh.data=8
 """
 
 from __future__ import annotations
@@ -149,6 +158,7 @@ def paper_config(opts) -> ml_collections.ConfigDict:
     c.total_steps = 500
     c.checkpoint_every = 100
     c.eval_every = 100
+    c.mesh.update({"data": 1, "fsdp": -1, "tensor": 1})  # weights and batch over all devices
     c.model = model_config("qwen2", init_from=opts.init_from)
     c.model.update(
         {

@@ -4,6 +4,7 @@ r"""Trains (or resumes) one run; the workdir holds everything the run needs.
     python -m prm.train --config=my_config.py --config.optim.lr=1e-3 --workdir=/tmp/run
     python -m prm.train --workdir=/tmp/run     # resume with the stored config
     python -m prm.train --config=my_config.py  # workdir: workdirs/my_config
+    python -m prm.train --config=my_config.py --config.dry_run=True  # memory per device only
 
 In the prm repository `python -m experiments.train` runs this with the repository's
 `configs/`; a project that installs prm writes its own config files (`prm.training.config`).
@@ -31,6 +32,7 @@ from ml_collections import config_flags
 from prm.training.checkpoints import RunError
 from prm.training.config import ConfigFileError, load_config
 from prm.training.loop import Interrupted, config_from_workdir, train
+from prm.training.memory_plan import check_fits, format_plan, memory_plan
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with options: path.py:opt1,opt2=v.", lock_config=True
@@ -187,6 +189,11 @@ def main(argv: list[str]) -> None:
         if config is None:
             config = config_from_workdir(workdir)
             config.lock()
+        if config.get("dry_run"):  # the memory plan only: no workdir, data, world or trainer
+            plan = memory_plan(config)
+            print(format_plan(plan))
+            check_fits(plan, config)
+            return
         train(config, workdir)
     except Interrupted as stop:  # SIGINT/SIGTERM: a checkpoint was saved; say how to resume
         sys.stderr.write(f"{stop}\n")

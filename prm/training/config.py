@@ -150,6 +150,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress = True  # tqdm bar on the console
     c.export_hf = True  # write workdir/hf (LoRA merged) at the end of training
     c.multihost = False  # jax.distributed.initialize() (TPU pod slices)
+    # Print the memory each device would need (prm.training.memory_plan) on the simulated
+    # dry_run_devices ("8xH200", "v5p-8", "v5e-8", ...) with this config's mesh, and stop: no
+    # weights, data or devices are touched. Exit status 2 (one error line) when it does not fit.
+    c.dry_run = False
+    c.dry_run_devices = "8xH200"
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # (regex over dotted param path, partition spec); empty: prm.training.sharding.DEFAULT_RULES.

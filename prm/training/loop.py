@@ -78,6 +78,8 @@ RUN_CONTROL_KEYS = frozenset(
         "progress",
         "export_hf",
         "eval_at_start",
+        "dry_run",
+        "dry_run_devices",
     }
 )
 CONFIG_FILE = "config.json"

@@ -51,27 +51,33 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 
     `shape` is e.g. `{"data": -1, "fsdp": 1, "tensor": 1}` (the config's `mesh` block).
     """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = tuple(mesh_sizes(shape, len(devices)).values())
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def mesh_sizes(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """`{axis: size}` of `shape` over `num_devices`, its one -1 axis filled (see `make_mesh`)."""
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"Unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}.")
-    devices = list(jax.devices() if devices is None else devices)
     sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
         raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
-        if len(devices) % known:
+        if num_devices % known:
             raise ValueError(
-                f"Cannot fill mesh {dict(zip(MESH_AXES, sizes))} with {len(devices)} devices: "
-                f"{len(devices)} is not a multiple of {known}."
+                f"Cannot fill mesh {dict(zip(MESH_AXES, sizes))} with {num_devices} devices: "
+                f"{num_devices} is not a multiple of {known}."
             )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
         raise ValueError(
             f"Mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices but "
-            f"{len(devices)} are available; set one axis to -1 or match the device count."
+            f"{num_devices} are available; set one axis to -1 or match the device count."
         )
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return dict(zip(MESH_AXES, sizes))
 
 
 def path_to_str(path: Sequence[Any]) -> str:
