@@ -26,45 +26,18 @@ from __future__ import annotations
 import ml_collections
 
 from configs import sft
-from prm.training.policy_step import policy_loss_block
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     from configs.common import parse_arg
 
     opts = parse_arg(arg, smoke=False, steps=150, seed=0, reward="em")
-    warm_start = sft.get_config("smoke" if opts.smoke else None)
-    c = sft.get_config("smoke" if opts.smoke else None)
-    c.trainer = "search_r1"
-    c.seed = opts.seed
-    c.total_steps = opts.steps
-    c.checkpoint_every = 20
-    c.eval_every = max(opts.steps // 3, 1)  # held-out EM at steps 0, 50, 100, 150
-    c.eval_at_start = True
-    c.warm_start = warm_start
-    c.reference = "copy"
-    c.optim.lr = 3e-4  # 1e-4 barely moves in 150 steps; 1e-3 collapses (reward 0.45 → 0.2)
-    c.optim.schedule = "constant"
-    c.optim.warmup_steps = 0
-    c.optim.weight_decay = 0.0
-    c.data = ml_collections.ConfigDict(
-        {
-            **warm_start.data.to_dict(),
-            "name": "world_questions",
-            "batch_size": 8,  # questions per step; × group_size trajectories
-            "seed": opts.seed,
-        }
-    )
+    # lr 3e-4: 1e-4 barely moves in 150 steps; 1e-3 collapses (reward 0.45 → 0.2).
+    c = sft.rl_config("search_r1", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
+                      evaluations=3, questions=8)  # fmt: skip
     c.rollout = ml_collections.ConfigDict(
         {"group_size": 5, "temperature": 1.0, "max_step_tokens": 48, "reward": opts.reward}
     )
-    # The sampler's log-probs are π_old exactly at temperature 1 (up to float error between the
-    # cached decode and a full forward): on CPU, skip recomputing them.
-    c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
-    c.updates = ml_collections.ConfigDict(
-        {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 0, "shuffle": True}
-    )
-    c.eval.qa.expert = False
     if opts.smoke:
         c.total_steps = 3
         c.checkpoint_every = 2

@@ -116,3 +116,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.qa.max_questions = 4
         c.eval.qa.max_step_tokens = 16
     return c
+
+
+def rl_config(trainer: str, *, smoke: bool, seed: int, steps: int, evaluations: int,
+              questions: int) -> ml_collections.ConfigDict:  # fmt: skip
+    """What every RL config on the synthetic world starts from: this SFT run as its warm start
+    (policy and frozen reference = a copy of it), its world and evaluation, `questions` per step,
+    held-out EM at step 0 and `evaluations` times along the run, one constant-lr optimiser, and
+    the shared PPO clip + k3 KL loss with π_old taken from the sampler (exact at temperature 1 up
+    to float error between the cached decode and a full forward: no recomputation on CPU)."""
+    from prm.training.policy_step import policy_loss_block  # noqa: PLC0415
+
+    warm_start = get_config("smoke" if smoke else None)
+    c = get_config("smoke" if smoke else None)
+    c.trainer = trainer
+    c.seed = seed
+    c.total_steps = steps
+    c.checkpoint_every = 20
+    c.eval_every = max(steps // evaluations, 1)
+    c.eval_at_start = True
+    c.warm_start = warm_start
+    c.reference = "copy"
+    c.optim.update(lr=3e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
+    c.data = ml_collections.ConfigDict(
+        {**warm_start.data.to_dict(), "name": "world_questions", "batch_size": questions,
+         "seed": seed}
+    )  # fmt: skip
+    c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
+    c.eval.qa.expert = False
+    return c

@@ -84,40 +84,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )  # fmt: skip
     if opts.model != "world":
         return paper_config(opts)
-    warm_start = sft.get_config("smoke" if opts.smoke else None)
-    c = sft.get_config("smoke" if opts.smoke else None)
-    c.trainer = "slate"
-    c.seed = opts.seed
-    c.total_steps = opts.steps
-    c.checkpoint_every = 20
-    c.eval_every = max(opts.steps // 2, 1)  # held-out EM at steps 0, steps/2 and steps
-    c.eval_at_start = True
-    c.warm_start = warm_start
-    c.reference = "copy"
-    c.optim.lr = 3e-4  # as configs/search_r1.py: one optimiser for the comparison
-    c.optim.schedule = "constant"
-    c.optim.warmup_steps = 0
-    c.optim.weight_decay = 0.0
-    c.data = ml_collections.ConfigDict(
-        {
-            **warm_start.data.to_dict(),
-            "name": "world_questions",
-            "batch_size": opts.questions,  # questions per step; × up to budget × k rows
-            "seed": opts.seed,
-        }
-    )
+    c = sft.rl_config("slate", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
+                      evaluations=2, questions=opts.questions)  # fmt: skip
     c.rollout = rollout_config(opts, max_step_tokens=48, forced_answer="<answer>")
     c.judge = ml_collections.ConfigDict(
         # The world's exact judge; world, cache_dir and vocab_size come from `data`.
         {"name": "reference", "error_rate": opts.judge_error, "seed": opts.seed}
     )
-    # The sampler's log-probs are π_old exactly at temperature 1 (up to float error between the
-    # cached decode and a full forward): on CPU, skip recomputing them.
-    c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
-    c.updates = ml_collections.ConfigDict(
-        {"ppo_epochs": 1, "num_mini_batches": 1, "micro_batch_size": 0, "shuffle": True}
-    )
-    c.eval.qa.expert = False
     if opts.smoke:
         c.total_steps = 2
         c.checkpoint_every = 1
