@@ -172,11 +172,13 @@ def interleave(
     return Rounds(best, tuple(loads), rule)
 
 
-def format_ratio(value: float | None, rounds: Rounds, *figures: Timing, unit: str = "x") -> str:
-    """`value` as text, or why it was refused."""
+def format_ratio(
+    value: float | None, rounds: Rounds, *figures: Timing, fmt: str = "{:.2f}x"
+) -> str:
+    """`value` formatted with `fmt`, or why it was refused."""
     if value is None:
         return f"REFUSED ({rounds.refusal(*figures)})"
-    return f"{value:.2f}{unit}"
+    return fmt.format(value)
 
 
 def verdict(value: float | None, target: float, *, at_most: bool = False) -> str:
