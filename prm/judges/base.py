@@ -1,6 +1,6 @@
 """The judge interface: score a batch of SLATE step candidates on a ternary scale per dimension.
 
-SLATE (arXiv 2602.23440; notes /work/shared/papers/slate.md §3) rewards each candidate step
+SLATE (arXiv 2602.23440; notes shared/papers/slate.md §3) rewards each candidate step
 with a decomposed LLM judge. Every candidate is judged on its reasoning (the `<think>` text) and
 on its action: the query of a search step, or the answer of an answer step. Each dimension scores
 in {-1, 0, +1}; the step reward (Eq. 3/4, `step_reward`) sums them and adds an early-answer bonus

@@ -5,10 +5,13 @@ rows of different lengths, appends to a subset of rows and forks need no per-row
 write rule lives in `Transformer.hidden_states`: the new tokens of row b (right-padded, n_b of
 them) go to slots length[b] .. length[b] + n_b - 1; writes past `max_len` are dropped.
 
-Each layer owns its own [batch, max_len, num_kv_heads, head_dim] key and value arrays. One
-stacked [num_layers, ...] array would be smaller to write down, but a per-layer scatter into it
-followed by that layer's read makes XLA (on CPU at least) copy the whole stack at every layer,
-so decode time grew with num_layers x capacity instead of staying an in-place row update.
+Layout: each layer owns its own heads-major [batch, num_kv_heads, max_len, head_dim] key and
+value arrays.
+- Heads-major: the attention dots contract over head_dim (scores) and over slots (values) per
+  (row, kv head); with slots before heads XLA (on CPU at least) first transposed every layer's
+  whole cache into this order at every decode step, a copy that grew with the capacity.
+- Per layer: one stacked [num_layers, ...] array would be smaller to write down, but a per-layer
+  scatter into it followed by that layer's read makes XLA copy the whole stack at every layer.
 Callers outside `prm.models` go through the methods below and never see the layout.
 """
 
@@ -22,10 +25,12 @@ from flax import struct
 
 from prm.models.config import ModelConfig
 
+SLOT_AXIS = 2  # of each [batch, num_kv_heads, max_len, head_dim] array
+
 
 @struct.dataclass
 class KVCache:
-    """k, v: one [batch, max_len, num_kv_heads, head_dim] array per layer; length int32[batch]."""
+    """k, v: one [batch, num_kv_heads, max_len, head_dim] array per layer; length int32[batch]."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -34,7 +39,7 @@ class KVCache:
     @classmethod
     def init(cls, config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
         """An empty cache (length 0 in every row); `dtype` defaults to `config.dtype`."""
-        shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+        shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
         dtype = config.dtype if dtype is None else dtype
         layers = range(config.num_layers)
         return cls(
@@ -53,7 +58,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[SLOT_AXIS]
 
     @property
     def dtype(self) -> Any:
@@ -83,6 +88,7 @@ class KVCache:
             raise ValueError(
                 f"resize() only grows the cache: max_len {max_len} < current {self.max_len}."
             )
-        widths = ((0, 0), (0, max_len - self.max_len), (0, 0), (0, 0))
+        widths = [(0, 0)] * 4
+        widths[SLOT_AXIS] = (0, max_len - self.max_len)
         k, v = jax.tree.map(lambda x: jnp.pad(x, widths), (self.k, self.v))
         return self.replace(k=k, v=v)

@@ -32,6 +32,8 @@ from prm.models.config import ModelConfig
 
 # HF `initializer_range` default: random-init models (tests, toy runs) start near-uniform.
 _INIT = nnx.initializers.normal(stddev=0.02)
+# Score of a masked key: exp underflows to 0 next to any allowed key, yet stays finite.
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 class RMSNorm(nnx.Module):
@@ -66,6 +68,32 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return rotated.astype(x.dtype)
 
 
+def grouped_attention(
+    q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array
+) -> jax.Array:
+    """softmax(q k^T / sqrt(D), masked) v for grouped-query attention, keys heads-major.
+
+    q [B, T, H, D]; keys, values [B, K, S, D] with H = G * K: query head h = k * G + g reads kv
+    head k (Ainslie et al. 2023; HF `repeat_kv` order). mask bool [B, T, S]: query t may attend
+    key s. Scores and softmax are float32 (as HF); a query with no allowed key (padding) gets
+    a uniform average, finite. Returns [B, T, H, D] in q's dtype.
+
+    Both dots contract a minor axis of the heads-major keys and values (D for the scores, S
+    for the output), so neither needs a transposed copy of the cache.
+    """
+    batch, length, num_heads, head_dim = q.shape
+    num_kv_heads = keys.shape[1]
+    chex.assert_shape(mask, (batch, length, keys.shape[2]))
+    grouped = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum(
+        "btkgd,bksd->bkgts", grouped, keys.astype(q.dtype), preferred_element_type=jnp.float32
+    )
+    scores = jnp.where(mask[:, None, None], scores * head_dim**-0.5, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, values.astype(q.dtype))
+    return out.reshape(batch, length, num_heads, head_dim)
+
+
 class Attention(nnx.Module):
     """Grouped-query causal self-attention with RoPE and optional q/k RMSNorm (Qwen3)."""
 
@@ -97,9 +125,10 @@ class Attention(nnx.Module):
         """Attends x [B, T, hidden] to itself, or to this layer's cache after writing into it.
 
         Args:
-          mask: bool [B, T, S], query t may attend key s (S = T without cache, else max_len).
-          cache_kv: this layer's cached (k, v), each [B, S, K, D], or None.
-          write_slots: int32 [B, T] cache slot of each new token (>= S for padding: dropped).
+          mask: bool [B, T, S], query t may attend key s. Without a cache S = T; with one,
+            the keys are cache slots [0, S) (S <= max_len: the window attended).
+          cache_kv: this layer's cached (k, v), each [B, K, max_len, D] (`KVCache`), or None.
+          write_slots: int32 [B, T] cache slot of each new token (>= max_len: dropped).
         """
         c = self.config
         batch, length, _ = x.shape
@@ -110,17 +139,18 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_kv is None:
-            keys, values = k, v
+            keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         else:
             cache_k, cache_v = cache_kv
             rows = jnp.arange(batch)[:, None]
-            cache_k = cache_k.at[rows, write_slots].set(k.astype(cache_k.dtype), mode="drop")
-            cache_v = cache_v.at[rows, write_slots].set(v.astype(cache_v.dtype), mode="drop")
+            # Advanced indices on axes 0 and 2 around a slice index a [B, T, K, D] block: the
+            # layout of k and v as projected, so the write needs no transpose.
+            cache_k = cache_k.at[rows, :, write_slots].set(k.astype(cache_k.dtype), mode="drop")
+            cache_v = cache_v.at[rows, :, write_slots].set(v.astype(cache_v.dtype), mode="drop")
             cache_kv = (cache_k, cache_v)
-            keys, values = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-        out = jax.nn.dot_product_attention(
-            q, keys, values, mask=mask[:, None], scale=c.head_dim**-0.5
-        )
+            window = mask.shape[-1]
+            keys, values = cache_k[:, :, :window], cache_v[:, :, :window]
+        out = grouped_attention(q, keys, values, mask)
         return self.o_proj(out.reshape(batch, length, c.num_heads * c.head_dim)), cache_kv
 
 
@@ -209,6 +239,8 @@ class Transformer(nnx.Module):
         input_ids: jax.Array,
         input_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        *,
+        window: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, hidden] and the updated cache.
 
@@ -218,6 +250,11 @@ class Transformer(nnx.Module):
         i of row b goes to slot (and position) cache.length[b] + i and attends to slots <= its
         own; writes past max_len are dropped; length grows by the number of real tokens.
         Hidden states at padded positions are unspecified (finite).
+
+        window: with a cache, attend over slots [0, window) only (a static int <= max_len;
+        default max_len), so attention costs what the live context does, not the capacity.
+        The caller guarantees that every row's real tokens land below it
+        (cache.length[b] + n_b <= window); keys past the window are not read.
         """
         chex.assert_rank(input_ids, 2)
         batch, length = input_ids.shape
@@ -226,6 +263,8 @@ class Transformer(nnx.Module):
         chex.assert_equal_shape([input_ids, input_mask])
         input_mask = input_mask.astype(bool)
         if cache is None:
+            if window is not None:
+                raise ValueError("window= bounds the cache slots attended; pass a cache too.")
             positions = jnp.maximum(jnp.cumsum(input_mask, axis=1) - 1, 0)
             causal = jnp.tril(jnp.ones((length, length), bool))
             mask = causal[None] & input_mask[:, None, :]
@@ -241,9 +280,16 @@ class Transformer(nnx.Module):
                     f"Cache has {cache.num_layers} layers, the model {len(self.layers)}; "
                     "build it with KVCache.init(model.config, ...)."
                 )
+            window = cache.max_len if window is None else window
+            if not 1 <= window <= cache.max_len:
+                raise ValueError(
+                    f"window={window} must lie in [1, max_len={cache.max_len}]; it is the "
+                    "number of leading cache slots attended."
+                )
             positions = cache.length[:, None] + jnp.arange(length, dtype=jnp.int32)
             write_slots = jnp.where(input_mask, positions, cache.max_len)
-            mask = jnp.arange(cache.max_len)[None, None, :] <= positions[:, :, None]
+            # The mask's width is the window: each layer reads keys [0, window) only.
+            mask = jnp.arange(window)[None, None, :] <= positions[:, :, None]
         cos, sin = rope_angles(self.config, positions)
         x = self.embed(input_ids)
         # Gradient checkpointing only where there is a backward pass to save memory for:
@@ -272,7 +318,9 @@ class Transformer(nnx.Module):
         input_ids: jax.Array,
         input_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        *,
+        window: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """(logits float32 [B, T, vocab], cache) == unembed(hidden_states(...))."""
-        hidden, cache = self.hidden_states(input_ids, input_mask, cache)
+        hidden, cache = self.hidden_states(input_ids, input_mask, cache, window=window)
         return self.unembed(hidden), cache

@@ -15,14 +15,18 @@ logits (unless an append is asked to score its tokens), and forced tokens, forks
 lengths need no special cases.
 
 Design (after the tunix `Sampler` and big_vision's prefill/repeat/decode, see
-/work/shared/papers/jax_anchors.md §1.3, §4.3): the model is split once per session
-(`nnx.split`), its state passed to jitted functions that `nnx.merge` inside; `_extend`
-writes right-padded tokens into the cache (prefill and appends; `_extend_scored` also scores
-them), `_decode` is one `lax.while_loop` that stops when every row has finished. The cache is
-donated to each, so XLA updates it in place. Shapes are bucketed so a run compiles a handful of
-programs: cache capacity and tokens written per call to 2^i or 3 * 2^(i-1), the decode buffer
-and the stop table to powers of two. The cache grows to the next bucket when a call needs more
-room (`reserve` avoids that).
+shared/papers/jax_anchors.md §1.3, §4.3): the model is split once per session
+(`nnx.split`), its state passed to jitted functions that `nnx.merge` inside; `_extend` writes
+right-padded tokens into the cache (prefill and appends; `_extend_scored` also scores them),
+`_decode` is one `lax.while_loop` that stops when every row has finished. The cache is donated
+to each, so XLA updates it in place. All attend over a live *window* of cache slots, not the whole capacity:
+the host knows every row's length, so a call that adds at most n tokens to rows of length <= L
+attends over slots [0, W) with W the power of two >= L + n (at least 64, at most the capacity),
+and a step costs what the live context does however large the cache was allocated. Shapes are
+bucketed so a run compiles a handful of programs: cache capacity and tokens written per call to
+2^i or 3 * 2^(i-1), the attention window, the decode buffer and the stop table to powers of two
+(windows are coarser than capacities: each one is another compiled program). The cache grows
+to the next bucket when a call needs more room (`reserve` avoids that).
 
 Determinism: with a key, the token at position p of row b is drawn with
 `fold_in(row_key_b, p)` where `row_key_b = fold_in(key, b)` (or `key[b]` for a batch of keys).
@@ -96,21 +100,26 @@ def _bucket(n: int) -> int:
     return 3 * power // 4 if 3 * power // 4 >= n and power >= 4 else power
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _extend(graphdef, params, cache: KVCache, input_ids, input_mask) -> KVCache:
+# Smallest attention window: below it a step's attention is negligible next to its matmuls,
+# and fewer distinct windows mean fewer compiled programs.
+_MIN_WINDOW = 64
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window"), donate_argnames=("cache",))
+def _extend(graphdef, params, cache: KVCache, input_ids, input_mask, *, window: int) -> KVCache:
     """Writes right-padded tokens into the cache (n_b = row b's mask count); no logits."""
     model = nnx.merge(graphdef, params)
-    _, cache = model.hidden_states(input_ids, input_mask, cache=cache)
+    _, cache = model.hidden_states(input_ids, input_mask, cache=cache, window=window)
     return cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "window"), donate_argnames=("cache",))
 def _extend_scored(
-    graphdef, params, cache: KVCache, input_ids, input_mask, targets
+    graphdef, params, cache: KVCache, input_ids, input_mask, targets, *, window: int
 ) -> tuple[KVCache, jax.Array]:
     """`_extend`, plus log π(targets[b, i] | everything up to input_ids[b, i]) [B, W]."""
     model = nnx.merge(graphdef, params)
-    hidden, cache = model.hidden_states(input_ids, input_mask, cache=cache)
+    hidden, cache = model.hidden_states(input_ids, input_mask, cache=cache, window=window)
     logprobs, _ = chunked_logprobs(model.unembed, hidden, targets)
     return cache, jnp.where(input_mask, logprobs, 0.0)
 
@@ -127,7 +136,7 @@ class _DecodeState:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("graphdef", "sampling", "buffer_len", "pad_id"),
+    static_argnames=("graphdef", "sampling", "buffer_len", "pad_id", "window"),
     donate_argnames=("cache",),
 )
 def _decode(
@@ -145,10 +154,13 @@ def _decode(
     sampling: SamplingParams,
     buffer_len: int,
     pad_id: int,
+    window: int,
 ) -> tuple[Generation, KVCache, jax.Array]:
     """Decodes every active row until it stops, samples an end token, or spends its budget.
 
-    Returns the generation (buffers of width buffer_len), the cache and the pending tokens.
+    Every step attends over cache slots [0, window): each active row's length plus
+    max_new_tokens must fit in it. Returns the generation (buffers of width buffer_len), the
+    cache and the pending tokens.
     """
     model = nnx.merge(graphdef, params)
     batch = pending.shape[0]
@@ -159,7 +171,7 @@ def _decode(
 
     def body(s: _DecodeState) -> _DecodeState:
         live = ~s.done
-        logits, cache = model(s.pending[:, None], live[:, None], cache=s.cache)
+        logits, cache = model(s.pending[:, None], live[:, None], cache=s.cache, window=window)
         logits = logits[:, 0].astype(jnp.float32)
         # cache.length now equals the position the sampled token will take in its row.
         step_keys = jax.vmap(jax.random.fold_in)(row_keys, cache.length)
@@ -341,7 +353,7 @@ class Session:
             raise ValueError(f"active must have shape ({batch},), got {active.shape}.")
         row_keys = self._row_keys(key, sampling)
         stop_table, row_stop_ids = pack_stops(row_stops)
-        self._reserve(np.where(active, max_new_tokens, 0))
+        window = self._reserve(np.where(active, max_new_tokens, 0))
         generation, self.cache, self.pending = _decode(
             self._graphdef,
             self._params,
@@ -356,6 +368,7 @@ class Session:
             sampling=sampling,
             buffer_len=_next_power_of_two(max_new_tokens),
             pad_id=self.sampler.pad_token_id,
+            window=window,
         )
         return jax.tree.map(lambda x: x[:, :max_new_tokens] if x.ndim == 2 else x, generation)
 
@@ -414,12 +427,20 @@ class Session:
             raise ValueError(f"key must be one key or a batch of {batch} keys, got {key.shape}.")
         return key
 
-    def _reserve(self, new_tokens: np.ndarray) -> None:
-        """Grows the cache (to the next bucket) if some row would outgrow it."""
-        needed = int(np.max(np.asarray(self.cache.length) + new_tokens))
-        if needed > self.cache.max_len:
-            capacity = self.sampler.capacity_for(needed)
+    def _reserve(self, new_tokens: np.ndarray) -> int:
+        """Makes room for new_tokens[b] more tokens in row b; returns the window to attend.
+
+        Grows the cache (to the next bucket) if some row would outgrow it. The window is the
+        power of two (>= _MIN_WINDOW, <= capacity) of slots that holds every row receiving
+        tokens once they are written; rows that receive none may be longer (their outputs are
+        discarded and their cache is not written).
+        """
+        ends = np.asarray(self.cache.length) + new_tokens
+        if int(ends.max()) > self.cache.max_len:
+            capacity = self.sampler.capacity_for(int(ends.max()))
             self.cache = _resize(self.cache, max_len=capacity)
+        live = int(np.max(ends[new_tokens > 0], initial=1))
+        return min(self.cache.max_len, max(_MIN_WINDOW, _next_power_of_two(live)))
 
     def _write(
         self,
@@ -438,7 +459,7 @@ class Session:
         if counts.max() == 0:
             self.pending = jnp.asarray(new_pending, jnp.int32)
             return None if targets is None else [np.zeros(0, np.float32) for _ in writes]
-        self._reserve(counts)
+        window = self._reserve(counts)
         # At least 16 wide: a short append costs what a 1-token one does (weights are read once).
         width = _bucket(max(int(counts.max()), 16))
         ids = np.full((self.batch_size, width), self.sampler.pad_token_id, np.int32)
@@ -447,13 +468,13 @@ class Session:
         mask = np.arange(width)[None, :] < counts[:, None]
         args = (self._graphdef, self._params, self.cache, jnp.asarray(ids), jnp.asarray(mask))
         if targets is None:
-            self.cache = _extend(*args)
+            self.cache = _extend(*args, window=window)
             self.pending = jnp.asarray(new_pending, jnp.int32)
             return None
         target_ids = np.zeros_like(ids)
         for b, t in enumerate(targets):
             target_ids[b, : len(t)] = t
-        self.cache, logprobs = _extend_scored(*args, jnp.asarray(target_ids))
+        self.cache, logprobs = _extend_scored(*args, jnp.asarray(target_ids), window=window)
         self.pending = jnp.asarray(new_pending, jnp.int32)
         return [np.asarray(logprobs)[b, : len(t)] for b, t in enumerate(targets)]
 

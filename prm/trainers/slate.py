@@ -1,6 +1,6 @@
 """SLATE: one trajectory per question grown step by step, k judged siblings at every step.
 
-SLATE (Samarinas, Chang, Zamani; arXiv 2602.23440; notes /work/shared/papers/slate.md). Follows
+SLATE (Samarinas, Chang, Zamani; arXiv 2602.23440; notes shared/papers/slate.md). Follows
 the paper (§2.2-2.7), not the released code, whose trainer never reads its own siblings (§2.9).
 Per train step, for a batch of questions, batched over the questions still playing:
 

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from prm.models import KVCache, ModelConfig, Transformer
+from prm.models.transformer import grouped_attention
 from tests.helpers.tiny_models import FAMILIES, tiny_config
 
 
@@ -28,7 +29,7 @@ def _tokens(seed: int, shape: tuple[int, ...], vocab: int = 256) -> np.ndarray:
 
 
 def _stacked(arrays: tuple[jax.Array, ...]) -> np.ndarray:
-    """Per-layer cache arrays stacked to [num_layers, batch, max_len, kv_heads, head_dim]."""
+    """Per-layer cache arrays stacked to [num_layers, batch, kv_heads, max_len, head_dim]."""
     return np.stack([np.asarray(a) for a in arrays])
 
 
@@ -120,8 +121,8 @@ def test_rows_without_new_tokens_are_untouched(model):
     old_k, new_k = _stacked(cache.k), _stacked(appended.k)
     np.testing.assert_array_equal(new_k[:, 1], old_k[:, 1])
     np.testing.assert_array_equal(_stacked(appended.v)[:, 1], _stacked(cache.v)[:, 1])
-    np.testing.assert_array_equal(new_k[:, 0, :3], old_k[:, 0, :3])
-    assert not np.array_equal(new_k[:, 0, 3:5], old_k[:, 0, 3:5])
+    np.testing.assert_array_equal(new_k[:, 0, :, :3], old_k[:, 0, :, :3])
+    assert not np.array_equal(new_k[:, 0, :, 3:5], old_k[:, 0, :, 3:5])
 
 
 def test_writes_past_max_len_are_dropped(model):
@@ -130,8 +131,8 @@ def test_writes_past_max_len_are_dropped(model):
     _, overflowed = _forward(model, _tokens(5, (1, 3)), None, cache)
     # Only slot 3 is free: the token for slot 3 lands, those for slots 4 and 5 vanish.
     old_k, new_k = _stacked(cache.k), _stacked(overflowed.k)
-    np.testing.assert_array_equal(new_k[:, :, :3], old_k[:, :, :3])
-    assert not np.array_equal(new_k[:, :, 3], old_k[:, :, 3])
+    np.testing.assert_array_equal(new_k[..., :3, :], old_k[..., :3, :])
+    assert not np.array_equal(new_k[..., 3, :], old_k[..., 3, :])
     np.testing.assert_array_equal(overflowed.length, [6])
 
 
@@ -155,7 +156,7 @@ def test_cache_holds_one_array_per_layer(model):
     c = model.config
     cache = KVCache.init(c, 3, max_len=8)
     assert cache.num_layers == len(cache.v) == c.num_layers
-    assert {x.shape for x in cache.k + cache.v} == {(3, 8, c.num_kv_heads, c.head_dim)}
+    assert {x.shape for x in cache.k + cache.v} == {(3, c.num_kv_heads, 8, c.head_dim)}
     assert (cache.batch_size, cache.max_len) == (3, 8)
 
 
@@ -181,8 +182,8 @@ def test_resize_keeps_content_and_decoding(model):
     grown = jax.jit(KVCache.resize, static_argnames="max_len")(cache, max_len=20)
     assert grown.max_len == 20
     np.testing.assert_array_equal(grown.length, cache.length)
-    np.testing.assert_array_equal(_stacked(grown.k)[:, :, :8], _stacked(cache.k))
-    assert not _stacked(grown.v)[:, :, 8:].any()
+    np.testing.assert_array_equal(_stacked(grown.k)[..., :8, :], _stacked(cache.k))
+    assert not _stacked(grown.v)[..., 8:, :].any()
     # Decoding 6 tokens (past the old capacity of 8 in row 0) matches one uncached forward.
     ids = _tokens(10, (2, 6))
     logits, grown = _forward(model, ids, None, grown)
@@ -193,6 +194,52 @@ def test_resize_keeps_content_and_decoding(model):
         np.testing.assert_allclose(logits[b], expected[0, n:], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="only grows"):
         cache.resize(4)
+
+
+def test_grouped_attention_matches_dot_product_attention():
+    """Against jax.nn's attention (slots-major keys, its own grouping) on random inputs."""
+    rng = np.random.default_rng(11)
+    batch, length, heads, kv_heads, slots, dim = 2, 3, 6, 2, 5, 8
+    q = rng.normal(size=(batch, length, heads, dim)).astype(np.float32)
+    keys, values = rng.normal(size=(2, batch, kv_heads, slots, dim)).astype(np.float32)
+    mask = rng.random((batch, length, slots)) < 0.6
+    mask[:, :, 0] = True  # every query has a key here; the unmasked case is checked below
+    expected = jax.nn.dot_product_attention(
+        q, keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3), mask=mask[:, None]
+    )
+    out = grouped_attention(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(values), mask)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+    # A query with no allowed key (padding) averages the values of its kv head: finite.
+    mask[0, 1] = False
+    out = grouped_attention(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(values), mask)
+    group = heads // kv_heads
+    for h in range(heads):
+        np.testing.assert_allclose(out[0, 1, h], values[0, h // group].mean(0), atol=1e-6)
+
+
+def test_window_attends_the_leading_slots_only(model):
+    """Decoding with a window below max_len gives the full-cache logits, from smaller dots."""
+    cache = _prefilled(model, max_len=32)  # rows of 4 and 2 tokens
+    ids = _tokens(12, (2, 3))
+    windowed = nnx.jit(lambda m, i, c: m(i, None, c, window=8))
+    full_logits, full_cache = _forward(model, ids, None, cache)
+    logits, new_cache = windowed(model, ids, cache)
+    np.testing.assert_allclose(logits, full_logits, atol=1e-6, rtol=1e-6)
+    # Writes still land in the full-capacity arrays.
+    np.testing.assert_array_equal(_stacked(new_cache.k), _stacked(full_cache.k))
+    # Every attention dot reads 8 slots: no operand has the capacity's 32.
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s, c: nnx.merge(graphdef, s)(ids, None, c, window=8))(
+        state, cache
+    )
+    dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert dots and all(32 not in v.aval.shape for e in dots for v in e.invars)
+    with pytest.raises(ValueError, match="window=0 must lie in"):
+        model(ids, None, cache, window=0)
+    with pytest.raises(ValueError, match="window=33 must lie in"):
+        model(ids, None, cache, window=33)
+    with pytest.raises(ValueError, match="pass a cache"):
+        model(ids, window=8)
 
 
 def test_repeat_rejects_zero_copies(model):

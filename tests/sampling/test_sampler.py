@@ -8,6 +8,7 @@ from flax import nnx
 
 from prm.models import Transformer, token_logprobs
 from prm.sampling import FinishReason, Sampler, SamplingParams
+from prm.sampling import sampler as sampler_module
 from tests.helpers.tiny_models import tiny_config
 
 CONFIG = tiny_config("qwen2")
@@ -234,6 +235,29 @@ def test_inactive_rows_are_untouched(sampler):
     later = session.generate(8, active=[False, True, False])
     fresh = sampler.start(PROMPTS).generate(8)
     assert_same_rows(later, fresh, rows_a=[1], rows_b=[1])
+
+
+def test_decode_attends_a_live_window_not_the_capacity(model, sampler, monkeypatch):
+    """A short active row beside a long idle one: its window is 64 slots of a 256-slot cache,
+    and both rows still continue exactly as an uncached forward does."""
+    windows = []
+    decode = sampler_module._decode
+    monkeypatch.setattr(
+        sampler_module, "_decode", lambda *a, **k: windows.append(k["window"]) or decode(*a, **k)
+    )
+    long_prompt = np.random.default_rng(12).integers(0, 250, 160).tolist()
+    session = sampler.start([long_prompt, PROMPTS[0]])
+    assert session.cache.max_len == 192
+    short = session.generate(8, active=[False, True]).token_lists()[1]
+    both = session.generate(8).token_lists()
+    # Row lengths 3 + 8 (only the short row is active), then 160 + 8.
+    assert windows == [64, 192]
+    assert short + both[1] == uncached_greedy(model, PROMPTS[0], 16)[0]
+    assert both[0] == uncached_greedy(model, long_prompt, 8, width=192)[0]
+    # The same tokens from a cache allocated 16x larger: the window, not the capacity, is read.
+    roomy = Sampler(model, eos_token_ids=(), min_capacity=4096).start([long_prompt, PROMPTS[0]])
+    np.testing.assert_array_equal(roomy.generate(8, active=[False, True]).tokens[1], short)
+    assert windows[-1] == 64
 
 
 def test_cache_grows_on_demand(model):
