@@ -153,7 +153,9 @@ def test_rows_are_prefix_plus_sibling_with_its_advantage(played, constrained, po
 def test_padding_rows_are_empty_and_change_no_loss(played, policy):
     rollout, batch, _ = played
     real = sibling_rows(rollout)
-    assert len(batch["tokens"]) == 4 * 2 * 3  # questions × budget × k
+    # Padded up to a multiple of questions × k (4 × 3), at most questions × budget × k.
+    unit = 4 * 3
+    assert len(batch["tokens"]) == -(-real // unit) * unit <= 4 * 2 * 3
     for name in ("loss_mask", "advantages", "old_logprobs", "input_mask"):
         assert not batch[name][real:].any(), name
     padded = reference_logprobs(
@@ -326,7 +328,7 @@ def test_constrained_siblings_think_first_when_the_opening_forces_think(thinking
 
 def test_next_batch_metrics(free, policy):
     batch, metrics = free.next_batch({"policy": policy}, 1, jax.random.PRNGKey(1))
-    assert len(batch["tokens"]) == 4 * 2 * 3
+    assert len(batch["tokens"]) == -(-int(metrics["rows"]) // 12) * 12  # multiple of Q × k
     assert metrics["rows"] == (batch["loss_mask"].sum(1) > 0).sum()
     assert 0 <= metrics["invalid_sibling_fraction"] <= 1
     ends = ("answer", "forced_answer", "invalid", "truncated")
