@@ -228,6 +228,7 @@ def _parts_smoke():
     return config
 
 
+@pytest.mark.slow  # the default suite has the real-SIGKILL version (tests/experiments/test_train.py)
 def test_crash_and_resume_with_reference_and_value_part_is_bitwise_identical(tmp_path, monkeypatch):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     train(_parts_smoke(), straight)
