@@ -92,7 +92,7 @@ def summarize_run(records: Sequence[dict[str, float]]) -> dict[str, object]:
         if "loss" in r:
             tokens += r.get("sampled_tokens", 0.0)
             seconds += r.get("step_time_s", 0.0)
-            judge_calls += r.get("judge_calls", 0.0)
+            judge_calls += r.get("judge/candidates", 0.0)  # judged siblings (SLATE)
             cumulative[r["step"]] = (tokens, seconds)
             if "advantage_variance/step" in r:
                 variances.append((r["step"], r["advantage_variance/step"]))

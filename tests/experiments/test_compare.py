@@ -15,7 +15,7 @@ def _records(start_em, end_em, tokens_per_step):
     return [
         {"step": 0, "eval/qa/policy/synthetic_bridge/em": start_em, "eval/qa/policy/all/em": start_em},
         {"step": 1, "loss": 1.0, "sampled_tokens": tokens_per_step, "step_time_s": 2.0,
-         "advantage_variance/step": 0.5},
+         "advantage_variance/step": 0.5, "judge/candidates": 10.0},
         {"step": 2, "loss": 1.0, "sampled_tokens": tokens_per_step, "step_time_s": 2.0,
          "advantage_variance/step": 1.5},
         {"step": 2, "eval/qa/policy/synthetic_bridge/em": end_em, "eval/qa/policy/all/em": end_em},
@@ -38,10 +38,14 @@ def test_report_means_and_stds_over_seeds(tmp_path):
         runs.setdefault("m", []).append(compare.summarize_run(compare.read_metrics(str(workdir))))
     summary = runs["m"][0]
     assert summary["tokens"] == 200.0 and summary["seconds"] == 4.0
+    assert summary["judge_calls"] == 10.0
     assert [e["tokens"] for e in summary["evals"]] == [0.0, 200.0]
     table = compare.write_report(str(tmp_path), runs)
     # End EM over seeds: mean 0.6, sample std sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.141.
-    assert "| m | 2 | end | 0.600 ± 0.141 | 0.600 ± 0.141 | 200.000 ± 0.000 |" in table
+    assert (
+        "| m | 2 | end | 0.600 ± 0.141 | 0.600 ± 0.141 | 200.000 ± 0.000 | 10.000 ± 0.000 |"
+        in table
+    )
     # Mean per-step advantage variance of each seed: (0.5 + 1.5) / 2 = 1.
     assert table.splitlines()[-1].endswith("| 1.000 ± 0.000 |")
     for name in ("results.md", "results.csv", "em_vs_tokens.png", "advantage_variance.png"):
