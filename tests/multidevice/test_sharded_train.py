@@ -54,7 +54,7 @@ def test_parameters_and_moments_are_sharded_by_the_rules(tmp_path):
     assert len(q_kernel.addressable_shards) == 8
     assert q_kernel.addressable_shards[0].data.shape == (32, 32)  # [64, 64] over fsdp=2, tensor=2
     adam = run.state.opt_state.inner_states["policy"].inner_state[1][0]
-    mu = adam.mu["layers"][0]["attn"]["q_proj"]["kernel"][...]
+    mu = adam.mu["policy"]["layers"][0]["attn"]["q_proj"]["kernel"][...]
     assert mu.sharding.spec == PartitionSpec("fsdp", "tensor")
 
 
