@@ -10,6 +10,7 @@ two prompts: reasoning, and query or answer (§3.6).
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Sequence
 
@@ -134,7 +135,7 @@ def parse_score(reply: str) -> int | None:
     return _SCORE_VALUES.get(found[0].strip())
 
 
-class PromptJudge:
+class PromptJudge(abc.ABC):
     """A judge that asks a model: two rubric prompts per request, replies parsed by `parse_score`.
 
     Subclasses implement `complete(prompts) -> replies`, a reply being None when the model could
@@ -155,8 +156,9 @@ class PromptJudge:
         self.all_golden_answers = all_golden_answers
         self.stats = JudgeStats(("prompts", "unparseable", "failed", "fallbacks", *extra_counters))
 
+    @abc.abstractmethod
     def complete(self, prompts: Sequence[str]) -> list[str | None]:
-        raise NotImplementedError
+        """One reply per prompt, in order (None: the model could not be asked)."""
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         prompts = [p for r in requests for p in request_prompts(r, self.all_golden_answers)]
