@@ -66,9 +66,9 @@ def test_an_installed_project_trains_its_own_config(site, tmp_path):
     where = run("-c", "import prm; print(prm.__file__)")
     assert where.stdout.strip() == str(site / "prm" / "__init__.py"), where.stderr
 
-    trained = run("-m", "prm.train", "--config=my_config.py:steps=2", "--workdir=run")
+    trained = run("-m", "prm.train", "--config=my_config.py:steps=2", "--workdir=runs/first")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    with open(project / "run" / "config.json") as f:
+    with open(project / "runs" / "first" / "config.json") as f:
         assert json.load(f)["total_steps"] == 2
 
     # A config copied from the repository imports `configs.common`, which only the repo has.

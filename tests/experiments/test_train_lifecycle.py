@@ -172,3 +172,17 @@ def test_eval_errors_name_steps_and_flags_that_exist(tmp_path):
     assert "Traceback" not in nowhere.stderr
     # The hint names a command and flags that exist.
     assert "python -m experiments.train --config=<file.py> --workdir=" in nowhere.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_train_with_the_readmes_overrides(relative_workdir):
+    # README: `make train WORKDIR=DIR CONFIG=configs/x.py` (a relative DIR, as typed).
+    done = subprocess.run(
+        ["make", "-s", "train", "CONFIG=configs/toy.py:smoke", f"WORKDIR={relative_workdir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    workdir = os.path.join(ROOT, relative_workdir)
+    assert f"Starting a run of 12 steps in {workdir}." in done.stdout
+    assert "== Run finished: step 12 of 12 ==" in done.stdout
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "9"]
