@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "name": "synthetic_demos",
             "batch_size": 32,
             "seq_len": SEQ_LEN,
-            "world": {},  # WorldConfig fields; {} = the default world
+            # WorldConfig fields. Half the train questions are held back for RL ("rl" split): the
+            # warm start memorises the questions it is trained on, so RL learns on unseen ones.
+            "world": {"rl_fraction": 0.5},
             "expert": {
                 "vague_query_rate": 0.1,
                 "wrong_query_rate": 0.1,
@@ -109,6 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 ("comparison", 10),
                 ("compositional", 10),
             ),
+            "rl_fraction": 0.5,
         }
         c.data.vocab_size = 512
         c.model.vocab_size = 512
@@ -140,7 +143,7 @@ def rl_config(trainer: str, *, smoke: bool, seed: int, steps: int, evaluations: 
     c.optim.update(lr=3e-4, schedule="constant", warmup_steps=0, weight_decay=0.0)
     c.data = ml_collections.ConfigDict(
         {**warm_start.data.to_dict(), "name": "world_questions", "batch_size": questions,
-         "seed": seed}
+         "seed": seed, "train_split": "rl"}
     )  # fmt: skip
     c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
     c.eval.qa.expert = False

@@ -20,8 +20,8 @@ from prm.envs.assets import WorldAssets, load_world_assets, world_config_from
 from prm.envs.synthetic_world import Question
 from prm.registry import DATASETS
 
-# Trainer split name -> world split.
-WORLD_SPLITS = {"train": "train", "eval": "dev", "test": "test"}
+# Trainer split name -> world split; "train" reads `train_split`.
+WORLD_SPLITS = {"train": "rl", "eval": "dev", "test": "test"}
 
 
 @DATASETS.register("world_questions")
@@ -31,6 +31,11 @@ class WorldQuestionSource:
     `seq_len`, `env` and `expert` are not used to draw questions; they describe the episodes
     for the trainer and its evaluation (`prm.evaluation.evaluate_world_config` reads them from
     the same `data` block), so one block configures the whole world setup.
+
+    RL trains on `train_split`: by default the world's "rl" questions, which the SFT warm start
+    never saw (`WorldConfig.rl_fraction`). On "train", the questions of the SFT demonstrations,
+    the warm start answers almost all it can already (greedy EM 1.0 on the 1-2 hop types of the
+    default world), so RL has little to learn that carries over to held-out questions.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class WorldQuestionSource:
         env: Mapping[str, Any] | None = None,
         expert: Mapping[str, Any] | None = None,
         split: str = "train",
+        train_split: str = "rl",
         process_index: int = 0,
         process_count: int = 1,
     ):
@@ -53,7 +59,13 @@ class WorldQuestionSource:
         self.assets: WorldAssets = load_world_assets(
             world_config_from(world or {}), cache_dir or None, vocab_size
         )
-        self.questions = self.assets.world.split(WORLD_SPLITS[split])
+        world_split = train_split if split == "train" else WORLD_SPLITS[split]
+        self.questions = self.assets.world.split(world_split)
+        if world_split == "rl" and not self.questions:
+            raise ValueError(
+                "The world has no 'rl' questions to train on: set data.world.rl_fraction > 0 "
+                "(the share of train questions held back from SFT), or data.train_split='train'."
+            )
         if len(self.questions) < batch_size:
             raise ValueError(
                 f"The {split} split has {len(self.questions)} questions, fewer than "

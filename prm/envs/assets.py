@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prm.envs.retrieval.bm25 import BM25Retriever
-from prm.envs.synthetic_world import World, WorldConfig
+from prm.envs.synthetic_world import SPLITS, World, WorldConfig
 from prm.envs.tokenizer import build_world_tokenizer
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 # Bump when the layout or the content of a built directory changes; old directories are ignored.
 ASSETS_VERSION = 1
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "prm", "worlds")
-_SPLITS = ("train", "dev", "test")
+_SPLITS = SPLITS
 DEFAULT_WORLD = WorldConfig()
 
 

@@ -59,6 +59,8 @@ _COMPARISONS = (
 )
 
 QUESTION_TYPES = ("single", "bridge", "comparison", "compositional")
+# "rl": the share `WorldConfig.rl_fraction` of the train questions, kept out of SFT.
+SPLITS = ("train", "rl", "dev", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,9 @@ class WorldConfig:
     )
     max_hops: int = 4
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, dev, test
+    # Share of the train questions moved to split "rl": held back from the SFT demonstrations,
+    # so RL trains on questions the warm start never saw (it memorises the ones it did).
+    rl_fraction: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.confusable_rate <= 1.0:
@@ -96,6 +101,8 @@ class WorldConfig:
             raise ValueError(
                 f"split_fractions must be >= 0 and sum to 1, got {self.split_fractions}."
             )
+        if not 0.0 <= self.rl_fraction < 1.0:
+            raise ValueError(f"rl_fraction must be in [0, 1), got {self.rl_fraction}.")
         unknown = {t for t, _ in self.questions_per_type} - set(QUESTION_TYPES)
         if unknown:
             raise ValueError(f"Unknown question types {sorted(unknown)}; valid: {QUESTION_TYPES}.")
@@ -169,8 +176,8 @@ class World:
         return str(value) if isinstance(value, int) else self.entities[value].name
 
     def split(self, split: str) -> list[Question]:
-        if split not in ("train", "dev", "test"):
-            raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}.")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
         return [q for q in self.questions if q.split == split]
 
     def corpus_rows(self) -> list[dict[str, str]]:
@@ -453,9 +460,13 @@ def _generate_questions(
     rng.shuffle(texts)
     n_train = round(config.split_fractions[0] * len(texts))
     n_dev = round(config.split_fractions[1] * len(texts))
+    n_sft = n_train - round(config.rl_fraction * n_train)
     questions = []
     for i, text in enumerate(texts):
-        split = "train" if i < n_train else "dev" if i < n_train + n_dev else "test"
+        if i < n_train:
+            split = "train" if i < n_sft else "rl"
+        else:
+            split = "dev" if i < n_train + n_dev else "test"
         qtype, answers, hops = drafts[text]
         questions.append(Question(f"synthetic-{i:05d}", text, answers, qtype, hops, split))
     return questions

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prm.envs.synthetic_world import RELATIONS, World, WorldConfig
+from prm.envs.synthetic_world import RELATIONS, SPLITS, World, WorldConfig
+from tests.helpers.worlds import SMALL_WORLD_KNOBS
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,24 @@ def test_exported_rows_follow_search_r1_schemas(world):
         assert row["metadata"]["gold_doc_ids"]
 
 
+def test_rl_fraction_moves_a_share_of_train_to_rl_and_keeps_the_other_splits():
+    config = WorldConfig(**SMALL_WORLD_KNOBS)
+    base = World(config)
+    held_back = World(dataclasses.replace(config, rl_fraction=0.25))
+    texts = {s: [q.text for q in held_back.split(s)] for s in SPLITS}
+    base_train = [q.text for q in base.split("train")]
+    # The first 3/4 of the shuffled train questions stay "train", the rest become "rl".
+    n_rl = round(0.25 * len(base_train))
+    assert texts["rl"] == base_train[len(base_train) - n_rl :]
+    assert texts["train"] == base_train[: len(base_train) - n_rl]
+    for split in ("dev", "test"):
+        assert texts[split] == [q.text for q in base.split(split)]
+    assert base.split("rl") == []
+
+
 def test_bad_config_raises_with_the_field_name():
+    with pytest.raises(ValueError, match="rl_fraction"):
+        WorldConfig(rl_fraction=1.0)
     with pytest.raises(ValueError, match="confusable_rate"):
         WorldConfig(confusable_rate=1.5)
     with pytest.raises(ValueError, match="split_fractions"):
