@@ -9,14 +9,16 @@ of RL configs start from its checkpoint (`prm.trainers.sft.ensure_sft_checkpoint
     python -m experiments.train --config=configs/sft.py:smoke --workdir=/tmp/sft_smoke
 
 The first run builds the world's tokenizer and BM25 index into `data.cache_dir` (default
-`$PRM_CACHE_DIR/worlds` or `~/.cache/prm/worlds`, ~10 s). 600 steps take ~14 minutes on 2 shared
-CPU cores (median 1.05 s/step, both evaluations included). At steps 300 and 600 the trainer plays the test questions
-greedily with real multi-turn rollouts (sampler + BM25) and writes
-`workdir/qa_test_step<N>.{md,csv}`: EM/F1 per question type for the policy next to the noisy
-expert with the same retriever. What the run shows (docs/RESULTS.md, seeds 0 and 1): the loss
-falls from log 1024 ≈ 6.9 to ~0.1; test EM ≈ 0.47-0.48 overall (bridge ≈ 0.73, comparison ≈ 0.5,
-single ≈ 0.48, compositional 0) against the noisy expert's 0.93 (bridge 0.92, comparison 1.0):
-clearly above zero on 2-hop questions and clearly below the expert, room for RL.
+`$PRM_CACHE_DIR/worlds` or `~/.cache/prm/worlds`, ~10 s). The demonstrations cover the world's
+"train" questions only: `rl_fraction=0.5` holds half of the train share back as the "rl" split,
+which RL configs train on (the warm start memorises the questions it is trained on). 600 steps
+take ~14 minutes on 2 quiet CPU cores (26 min on a shared machine). At steps 300 and 600 the
+trainer plays the test questions greedily with real multi-turn rollouts (sampler + BM25) and
+writes `workdir/qa_test_step<N>.{md,csv}`: EM/F1 per question type for the policy next to the
+noisy expert with the same retriever. What the run shows (docs/RESULTS.md, seed 0): the loss
+falls from log 1024 ≈ 6.9 to ~0.09; test EM 0.254 overall (bridge 0.18, comparison 0.42,
+single 0.38, compositional 0) against the noisy expert's 0.93: above zero on every 1-2 hop type
+and far below the expert, room for RL.
 
 Options: `smoke` (a few steps on a tiny world, for tests), `steps=<int>`.
 """
