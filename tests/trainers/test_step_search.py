@@ -12,8 +12,9 @@ import pytest
 from configs.step_search import get_config
 from prm.envs import protocol
 from prm.envs.expert import gold_steps
+from prm.rewards.step_search import StepSearchRewardConfig
 from prm.rollouts.trajectory import EpisodeEnd, Trajectory, collate
-from prm.trainers.step_search import world_search_keys
+from prm.trainers.step_search import StepSearchTrainer, world_search_keys
 from prm.training.loop import build_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,12 +121,20 @@ def test_rollout_batch_trains_sampled_tokens_only(run):
     assert np.isfinite(loss) and float(loss_metrics["value_loss"]) >= 0.0
 
 
+def test_config_options_reach_the_reward_block():
+    config = get_config("information_gain=false,search_key_coef=0")
+    assert StepSearchRewardConfig(**config.reward) == StepSearchRewardConfig(
+        information_gain=False, search_key_coef=0.0
+    )
+    assert StepSearchRewardConfig(**get_config().reward) == StepSearchRewardConfig()
+
+
 def test_a_config_without_a_critic_is_refused(tmp_path):
     config = get_config("smoke")
     config.warm_start = {}
     del config.parts["value"]
     with pytest.raises(ValueError, match="needs a critic"):
-        build_run(config, str(tmp_path))
+        StepSearchTrainer(config, mesh=None, workdir=str(tmp_path))
 
 
 @pytest.mark.slow  # ~1 min of CPU: the smoke SFT warm start, 3 steps and 2 evaluations
