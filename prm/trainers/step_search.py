@@ -31,8 +31,9 @@ Deviations from the released StepSearch/verl PPO, all documented choices:
 - The KL to the reference is the shared loss's k3 term (β = 0.001, `policy_loss`), not verl
   PPO's in-reward k1 penalty at the same β.
 - GAE, whitening and the critic use the policy's tokens only (`loss_mask`); verl runs them over
-  observation tokens too. With γ = λ = 1 the advantages are the same (A_t = Σ_{s≥t} r_s − V_t:
-  observation tokens carry no reward); only the critic skips learning values it never uses.
+  observation tokens too. With γ = λ = 1 the advantages before whitening are the same
+  (A_t = Σ_{s≥t} r_s − V_t: observation tokens carry no reward); the whitening's mean and
+  variance are taken over the policy's tokens, and the critic skips values it never uses.
 - The gold search keys and passages come from the world, not from GPT-4o decompositions.
 
 Config blocks (see `configs/step_search.py`): `rollout` (group_size, temperature,
