@@ -200,8 +200,7 @@ def test_smoke_config_runs_as_typed(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("held-out EM: ")
     assert (workdir / "qa_test_step0.md").exists() and (workdir / "qa_test_step3.md").exists()
-    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    train_records = [r for r in records if "progress_loss" in r]
+    train_records = [r for r in _records(workdir) if "progress_loss" in r]
     assert [r["exploring"] for r in train_records] == [1.0, 0.0, 0.0]
 
 
