@@ -27,6 +27,7 @@ REGISTERING_MODULES: list[str] = [
     "prm.trainers.search_r1",
     "prm.trainers.sft",
     "prm.trainers.slate",
+    "prm.trainers.spa_rl",
     "prm.trainers.step_search",
 ]
 
