@@ -44,10 +44,15 @@ lr 1e-6 with 28.5 % warmup over 500 steps, 32 questions per step (≤ 640 siblin
 micro-batches of 8), k = 5, B = 4, η = 0.7, Search-R1's NQ + HotpotQA training parquet with
 top-3 retrieval from a Search-R1 retriever (`data.retriever_url`), observations ≤ 500 tokens,
 `<think>` forced at every step, and the HTTP judge (Gemma-3-27B-it at temperature 0,
-`judge.base_url`). Not wired yet: the SLATE trainer plays the synthetic world only (its
-questions, BM25 retriever, tokenizer and QA evaluation), so these configs build but the trainer
-stops at once with an error saying so; a Search-R1 question source, the retrieval client in the
-env and the benchmark evaluation are what is missing.
+`judge.base_url`), greedy EM/F1 per data source on the test parquet every 100 steps. The
+questions, tokenizer and retriever come from the `search_r1_questions` source
+(`prm/data/questions.py`): the Search-R1 rows of `data.train_files` / `data.eval_files`, the HF
+tokenizer of `model.init_from` (its chat template wraps Search-R1's prompt, `data.template`),
+and the retriever server at `data.retriever_url`. Given a checkpoint, a retriever and a judge:
+
+    python -m experiments.train --config=configs/slate.py:model=qwen2.5-3b,init_from=<hf dir> \
+        --config.data.retriever_url=http://<host>:8000/retrieve \
+        --config.judge.base_url=http://<host>:9000/v1 --workdir=workdirs/slate_qwen3b
 
 The memory each device needs (no weights or devices: `prm.training.memory_plan`), on the
 simulated `dry_run_devices` (default 8xH200), and a setting that does not fit (exit status 2):
@@ -160,6 +165,9 @@ def paper_config(opts) -> ml_collections.ConfigDict:
             "batch_size": 32,
             "seq_len": 4096 + 500,  # max_prompt_length + max_response_length
             "retriever_url": "http://127.0.0.1:8000/retrieve",
+            "template": "search_r1",  # prm.data.questions.TEMPLATES
+            # The policy's HF tokenizer (its chat template wraps the prompt): model.init_from's.
+            "tokenizer": c.model.get_ref("init_from"),
             "env": {
                 "topk": 3,
                 "max_turns": 4,
@@ -170,6 +178,11 @@ def paper_config(opts) -> ml_collections.ConfigDict:
         }
     )
     c.rollout = rollout_config(opts, max_step_tokens=500, forced_answer="\n<answer>")
+    # Greedy EM/F1 per data source on the eval files (`prm.evaluation.dataset_qa_metrics`).
+    c.eval.qa = ml_collections.ConfigDict(
+        {"split": "test", "max_questions": 0, "batch_size": 64, "max_step_tokens": 500,
+         "forced_answer": c.rollout.forced_answer}
+    )  # fmt: skip
     c.judge = ml_collections.ConfigDict(
         {
             "name": "http",

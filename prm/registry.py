@@ -19,6 +19,7 @@ from typing import Any
 # registered names is greppable and import side effects stay predictable.
 REGISTERING_MODULES: list[str] = [
     "prm.data.demonstrations",
+    "prm.data.qa_questions",
     "prm.data.questions",
     "prm.data.toy",
     "prm.judges.http",

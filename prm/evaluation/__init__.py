@@ -1,6 +1,7 @@
 """Evaluation of policies with real rollouts: QA EM/F1 tables per question type or benchmark."""
 
 from prm.evaluation.qa import (
+    dataset_qa_metrics,
     evaluate_policy,
     evaluate_world,
     evaluate_world_config,
@@ -8,6 +9,7 @@ from prm.evaluation.qa import (
     flatten_tables,
     format_csv,
     format_markdown,
+    qa_metrics,
     summarize,
     tables_from_metrics,
     world_qa_metrics,
@@ -15,6 +17,7 @@ from prm.evaluation.qa import (
 )
 
 __all__ = [
+    "dataset_qa_metrics",
     "evaluate_policy",
     "evaluate_world",
     "evaluate_world_config",
@@ -22,6 +25,7 @@ __all__ = [
     "flatten_tables",
     "format_csv",
     "format_markdown",
+    "qa_metrics",
     "summarize",
     "tables_from_metrics",
     "world_qa_metrics",

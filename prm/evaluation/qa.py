@@ -275,6 +275,56 @@ def world_qa_metrics(
     return flatten_tables(tables)
 
 
+def dataset_qa_metrics(
+    model: Transformer,
+    data: Mapping[str, Any],
+    qa: Mapping[str, Any],
+    workdir: str | os.PathLike[str],
+    step: int,
+) -> dict[str, float]:
+    """Greedy EM/F1 per `data_source` on a "search_r1_questions" source's `qa["split"]` (its
+    `eval_files`; the first `qa["max_questions"]`, 0: all), played with the source's tokenizer,
+    retriever and prompt and the episodes of `data` (seq_len, env) with `qa["forced_answer"]`
+    before the final call; tables written as `world_qa_metrics` writes them."""
+    import jax  # noqa: PLC0415 - keep this module importable without initialising JAX
+
+    from prm.data import make_data_source  # noqa: PLC0415 - the data package imports envs
+
+    source = make_data_source(data, split=qa["split"])
+    examples = source.examples[: qa["max_questions"] or None]
+    env = dataclasses.replace(
+        EnvConfig(), **{**dict(data["env"]), "forced_answer": qa["forced_answer"] or None}
+    )
+    records = evaluate_policy(
+        model,
+        source.assets.tokenizer,
+        source.assets.retriever,
+        examples,
+        env,
+        RolloutConfig(max_step_tokens=qa["max_step_tokens"], max_length=data["seq_len"]),
+        template=source.template,
+        batch_size=qa["batch_size"],
+    )
+    tables = {"policy": summarize(records)}
+    if jax.process_index() == 0:
+        write_tables(tables, workdir, f"qa_{qa['split']}_step{step}")
+    return flatten_tables(tables)
+
+
+def qa_metrics(
+    model: Transformer,
+    data: Mapping[str, Any],
+    qa: Mapping[str, Any],
+    workdir: str | os.PathLike[str],
+    step: int,
+) -> dict[str, float]:
+    """What an RL trainer's `evaluate` logs for its question source `data["name"]`: the world's
+    split (`world_qa_metrics`) or a Search-R1 dataset's eval files (`dataset_qa_metrics`)."""
+    if data["name"] == "search_r1_questions":
+        return dataset_qa_metrics(model, data, qa, workdir, step)
+    return world_qa_metrics(model, data, qa, workdir, step)
+
+
 def flatten_tables(
     tables: Mapping[str, Sequence[Mapping[str, Any]]], prefix: str = "qa"
 ) -> dict[str, float]:

@@ -5,10 +5,11 @@ A method is then only its `next_batch`: how it samples (full trajectories in gro
 step siblings, tree search) and how it turns rewards into per-token advantages. Config blocks
 read here (see `configs/search_r1.py`):
 
-    data        "world_questions" source: questions per step, world, seq_len, env, expert
+    data        "world_questions" source: questions per step, world, seq_len, env, expert;
+                or "search_r1_questions": Search-R1 files, HF tokenizer, retriever URL, template
     rollout     temperature, max_step_tokens (decode budget of one step)
     policy_loss `PolicyLossConfig` fields (clip, dual clip, ratio level, aggregation, KL)
-    eval.qa     greedy held-out evaluation (`prm.evaluation.world_qa_metrics`)
+    eval.qa     greedy held-out evaluation (`prm.evaluation.qa_metrics`)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from flax import nnx
 from prm.envs.expert import WORLD_ENV_CONFIG
 from prm.envs.protocol import COMPACT_TEMPLATE, QATask, SearchEnv
 from prm.envs.synthetic_world import Question
-from prm.evaluation import world_qa_metrics
+from prm.evaluation import qa_metrics
 from prm.rollouts import RolloutConfig, TrajectoryBatch
 from prm.sampling import Sampler, SamplingParams
 from prm.training.policy_step import PolicyLossConfig, policy_loss, reference_logprobs
@@ -49,10 +50,10 @@ class WorldRLTrainer(Trainer):
         return self.assets.tokenizer
 
     def make_env(self) -> SearchEnv:
-        """A fresh env over the world's retriever, with the compact prompt the SFT policy uses."""
-        return SearchEnv(
-            self.assets.retriever, self.env_config, self.assets.tokenizer, COMPACT_TEMPLATE
-        )
+        """A fresh env over the source's retriever, with its prompt (`template`; the world's is
+        the compact prompt the SFT policy learnt)."""
+        template = getattr(self.data, "template", COMPACT_TEMPLATE)
+        return SearchEnv(self.assets.retriever, self.env_config, self.assets.tokenizer, template)
 
     def sampler(self, models: Mapping[str, nnx.Module]) -> Sampler:
         return Sampler(models["policy"], pad_token_id=self.assets.tokenizer.pad_token_id)
@@ -73,7 +74,7 @@ class WorldRLTrainer(Trainer):
         return policy_loss(models["policy"], batch, self.loss_config)
 
     def evaluate(self, models: Mapping[str, nnx.Module], step: int) -> dict[str, float]:
-        return world_qa_metrics(
+        return qa_metrics(
             models["policy"], self.config.data, self.config.eval.qa, self.workdir, step
         )
 
@@ -104,3 +105,35 @@ def advantage_variances(token_advantages: np.ndarray, step_id: np.ndarray) -> di
         else 0.0,
         "advantage_variance/step": float(np.var(per_step)) if per_step else 0.0,
     }
+
+
+def centred_advantage_variances(
+    rewards: np.ndarray, steps: np.ndarray | None = None
+) -> dict[str, float]:
+    """Variance of the group-centred advantages r_j − mean_group r, before the division by the
+    group's std that GRPO and SLATE (Eq. 5) apply: the raw advantages of SLATE's variance theorem
+    (`prm.theory.variance`, assumption A3), which the std normalisation hides.
+
+    Args:
+      rewards: [G, k] the rewards of G groups of k (GRPO: outcomes of k trajectories of one
+        question; SLATE: step rewards of k siblings of one prefix).
+      steps: [G] the 0-indexed step t of each group (SLATE), or None (whole trajectories).
+
+    Returns:
+      "centred_advantage_variance/step": the variance over all G·k centred advantages; with
+      `steps`, also per step t (1-indexed) "centred_advantage_variance/t{t}" and the number of
+      groups it pools, "groups/t{t}". Since the advantages of a group sum to 0, each equals
+      (1 − 1/k) × the mean over groups of their unbiased reward variance.
+    """
+    rewards = np.asarray(rewards, np.float64)
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [groups, k >= 2], got shape {rewards.shape}.")
+    centred = rewards - rewards.mean(axis=1, keepdims=True)
+    metrics = {"centred_advantage_variance/step": float(np.mean(np.square(centred)))}
+    if steps is not None:
+        steps = np.asarray(steps)
+        for t in np.unique(steps):
+            at_t = centred[steps == t]
+            metrics[f"centred_advantage_variance/t{t + 1}"] = float(np.mean(np.square(at_t)))
+            metrics[f"groups/t{t + 1}"] = float(len(at_t))
+    return metrics

@@ -26,7 +26,12 @@ from prm.advantages import grpo_advantages
 from prm.registry import TRAINERS
 from prm.rewards.outcome import search_r1_format_reward
 from prm.rollouts import rollout
-from prm.trainers.rl import WorldRLTrainer, advantage_variances, token_batch
+from prm.trainers.rl import (
+    WorldRLTrainer,
+    advantage_variances,
+    centred_advantage_variances,
+    token_batch,
+)
 
 REWARDS = ("em", "format")
 
@@ -66,6 +71,7 @@ class SearchR1Trainer(WorldRLTrainer):
             "sampled_tokens": sampled,
             "sampled_tokens_per_s": sampled / rollout_s,
             **advantage_variances(token_advantages, trajectories.step_id),
+            **centred_advantage_variances(rewards.reshape(-1, self.group_size)),
         }
         return token_batch(trajectories, token_advantages), metrics
 

@@ -87,7 +87,12 @@ from prm.judges import (
 from prm.registry import TRAINERS
 from prm.rollouts import Trajectory, collate
 from prm.sampling import FinishReason, Generation, Session
-from prm.trainers.rl import WorldRLTrainer, advantage_variances, token_batch
+from prm.trainers.rl import (
+    WorldRLTrainer,
+    advantage_variances,
+    centred_advantage_variances,
+    token_batch,
+)
 
 ACTION_CHOICES = ("free", "constrained")
 ACTION_KINDS = ("search", "answer")  # the constrained choice's order
@@ -187,12 +192,6 @@ class SlateTrainer(WorldRLTrainer):
     world from `data`). The budget is also the env's `max_turns` in training episodes."""
 
     def __init__(self, config: Any, mesh: jax.sharding.Mesh, workdir: str):
-        if config.data.name != "world_questions":
-            raise ValueError(
-                f"The SLATE trainer plays the synthetic world (data.name='world_questions'), got "
-                f"{config.data.name!r}: Search-R1's parquet questions with a remote retriever are "
-                "not wired into it yet (configs/slate.py keeps their fields for the paper runs)."
-            )
         super().__init__(config, mesh, workdir)
         r = config.rollout
         if r.k < 2 or r.budget < 1:
@@ -569,6 +568,7 @@ class SlateTrainer(WorldRLTrainer):
             },
             **{f"judge_stats/{name}": float(count) for name, count in played.judge_stats.items()},
             **advantage_variances(batch["advantages"], step_id),
+            **centred_advantage_variances([g.rewards for g in groups], [g.step for g in groups]),
         }
         if chosen:
             # 1 + the number of siblings with a strictly higher reward than the chosen one.

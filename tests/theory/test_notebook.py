@@ -4,6 +4,7 @@ Every `RESULT {json}` line the notebook prints is checked against a closed form 
 by hand (T, T − t + 1, Σv/v_t, (1 − 1/k), the coupled return variance) or, for the gradient
 variance and signal-to-noise, against `prm.theory.predict`, which tests/theory/test_variance.py
 checks by exact enumeration. Tolerance: 5 batch-means standard errors (see test_variance.py).
+The real-run section's figures are recomputed here from the committed metrics.jsonl files.
 
 The notebook is committed executed, so that its figures show on the code host; the fresh run
 here must print what the committed outputs show. To refresh them after changing the notebook:
@@ -25,6 +26,7 @@ nbclient = pytest.importorskip("nbclient")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "experiments" / "colab" / "variance_reduction.ipynb"
+REAL_RUNS = ROOT / "docs" / "results" / "variance-2026-12-02"
 Z = 5.0
 # A number as printed: sign, digits, optional fraction and exponent.
 _NUMBER = re.compile(r"[-+]?\d+(?:\.(\d+))?(?:[eE]([-+]?\d+))?")
@@ -154,6 +156,7 @@ def test_notebook_runs_and_prints_every_figure():
         "prefix",
         "signal_to_noise",
         "normalised_signal_to_noise",
+        "real_run",
     }
     assert sorted(r["T"] for r in records["ratio_vs_T"]) == [2, 4, 8]
     assert len({r["k"] for r in records["ratio_vs_k"]}) >= 3
@@ -227,6 +230,43 @@ def test_notebook_signal_to_noise():
     for record in records["normalised_signal_to_noise"]:
         truncated, full = np.asarray(record["truncated"]), np.asarray(record["full"])
         assert np.all((full > 0) & (full < truncated) & (truncated < 1))
+
+
+def train_records(run):
+    lines = (REAL_RUNS / run / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if "loss" in record]
+
+
+def test_notebook_real_run_numbers_follow_from_the_logged_metrics():
+    (record,) = executed()[1]["real_run"]
+    slate, grpo = train_records("slate"), train_records("search_r1")
+    k = record["k_slate"]
+    assert k == record["k_grpo"] == 5 and len(slate) == len(grpo) == 10
+    steps = record["steps"]
+    assert steps == list(range(1, len(steps) + 1))
+    groups = np.array([[r.get(f"groups/t{t}", 0.0) for t in steps] for r in slate])
+    values = np.array(
+        [[r.get(f"centred_advantage_variance/t{t}", 0.0) for t in steps] for r in slate]
+    )
+    # Every group has k siblings, so a train step's value over all its groups is the
+    # group-weighted mean of its per-t values: the logged metrics agree with each other.
+    np.testing.assert_allclose(
+        (groups * values).sum(1) / groups.sum(1),
+        [r["centred_advantage_variance/step"] for r in slate],
+        rtol=1e-9,
+    )
+    assert groups[:, 0].tolist() == [8.0] * len(slate)  # every question plays step 1
+    np.testing.assert_array_equal(record["groups"], groups.sum(0))
+    measured = np.array([np.average(values[:, i], weights=groups[:, i]) for i in range(len(steps))])
+    np.testing.assert_allclose(record["slate_measured"], measured, rtol=1e-9)
+    np.testing.assert_allclose(record["v_hat"], measured * k / (k - 1), rtol=1e-9)
+    # (1 − 1/k)·Σ_t v̂_t = Σ_t Var(Â_tr,t): the prediction is the sum of the measured variances.
+    np.testing.assert_allclose(record["predicted_full"], measured.sum(), rtol=1e-6)
+    np.testing.assert_allclose(record["predicted_ratio"], measured.sum() / measured, rtol=1e-5)
+    grpo_values = [r["centred_advantage_variance/step"] for r in grpo]
+    np.testing.assert_allclose(record["grpo_measured"], np.mean(grpo_values), rtol=1e-9)
+    # Centred 0/1 rewards of k samples: at most (1 − 1/k)·1/4 per group.
+    assert 0 <= max(grpo_values) <= (1 - 1 / k) / 4
 
 
 if __name__ == "__main__":

@@ -340,6 +340,7 @@ def test_next_batch_metrics(free, policy):
 
 
 def test_paper_configs_carry_the_paper_settings_and_say_what_is_missing(tmp_path):
+    # Run end to end against local servers in tests/trainers/test_slate_paper_scale.py.
     config = get_config("model=qwen2.5-7b,init_from=/models/qwen2.5-7b")
     assert config.model.init_from == "/models/qwen2.5-7b" and config.model.num_layers == 28
     assert (config.lora.rank, config.lora.alpha, config.optim.lr) == (16, 64.0, 1e-6)
@@ -347,7 +348,8 @@ def test_paper_configs_carry_the_paper_settings_and_say_what_is_missing(tmp_path
     assert config.data.batch_size == 32 and config.data.env.topk == 3
     assert config.judge.name == "http"
     assert get_config("model=qwen2.5-3b").model.hidden_size == 2048
-    with pytest.raises(ValueError, match="not wired"):
+    assert config.data.tokenizer == "/models/qwen2.5-7b"  # the policy's, by default
+    with pytest.raises(FileNotFoundError, match="data.train_files: .* does not exist"):
         SlateTrainer(config, MESH, str(tmp_path))
     with pytest.raises(ValueError, match="Unknown model"):
         get_config("model=qwen3-8b")
