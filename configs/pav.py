@@ -5,7 +5,7 @@ A MADE policy (3 masked layers, 128 hidden) is warm-started by 50 SFT iterations
 prover, then trained by policy gradient (Adam 1e-3, batch 64) with (a) the outcome only, (b) the
 effective reward Q^π + α·A^μ and (c) Q^π + α·Q^μ, α = 1, for every prover: the γ-family μ(γ) and
 Best-of-K of the γ = 5 base prover (PAV Eq. 30). A^μ and Q^μ are exact (dynamic programme over
-the match state); Q^π is the sampled outcome. Launch (one jit; ~4 CPU-minutes when idle):
+the match state); Q^π is the sampled outcome. Launch (one compiled program; ~40 CPU-s per seed):
 
     python -m experiments.pav_didactic --config=configs/pav.py --out=docs/results/pav
     python -m experiments.pav_didactic --config=configs/pav.py:smoke --out=/tmp/pav_smoke
