@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "advantages",
     "data",
+    "didactic",
     "envs",
     "evaluation",
     "judges",

@@ -1,0 +1,1 @@
+"""Didactic tasks with exact values, for checking a paper's claims at CPU scale."""
