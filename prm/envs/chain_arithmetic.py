@@ -160,24 +160,36 @@ def generate_problems(
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; valid splits are {SPLITS}.")
-    operators = list(config.operators)
-    space = sum(10 * (10 * len(operators)) ** n for n in range(config.min_ops, config.max_ops + 1))
+    space = sum(
+        10 * (10 * len(config.operators)) ** n for n in range(config.min_ops, config.max_ops + 1)
+    )
     if num > space // 20:  # test and dev each hold ~1/10; stay well below exhausting them
         raise ValueError(
             f"Asked for {num} distinct {split} problems, but {config} has only {space} problems "
             "in all; raise max_ops or ask for fewer."
         )
     rng = np.random.default_rng([seed, SPLITS.index(split)])
-    problems: dict[ChainProblem, None] = {}
+    problems: dict[ChainProblem, None] = {}  # insertion-ordered set
     while len(problems) < num:
+        problems.setdefault(sample_problem(rng, split, config))
+    return list(problems)
+
+
+def sample_problem(
+    rng: np.random.Generator, split: str = "train", config: ChainConfig = ChainConfig()
+) -> ChainProblem:
+    """One problem of `split` drawn from `config` with `rng` (rejection on `split_of`)."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; valid splits are {SPLITS}.")
+    operators = list(config.operators)
+    while True:
         n = int(rng.integers(config.min_ops, config.max_ops + 1))
         ops = tuple(
             (operators[int(rng.integers(len(operators)))], int(rng.integers(10))) for _ in range(n)
         )
         problem = ChainProblem(int(rng.integers(10)), ops)
         if split_of(problem) == split:
-            problems.setdefault(problem)
-    return list(problems)
+            return problem
 
 
 _OP_STEP = re.compile(r"\s*(\d+)\s*:\s*(\d)\s*([-+*])\s*(\d)\s*=\s*(\d)\s*")
