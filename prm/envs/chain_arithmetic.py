@@ -265,17 +265,29 @@ def verify(problem: ChainProblem, solution: str) -> bool:
 
 
 def noisy_expert_steps(
-    problem: ChainProblem, rng: np.random.Generator, error_rate: float
+    problem: ChainProblem,
+    rng: np.random.Generator,
+    error_rate: float,
+    prefix: Sequence[str] = (),
 ) -> list[str]:
     """An expert solution whose operation results are each wrong with probability `error_rate`.
 
     A wrong result is uniform over the 9 other digits; later lines compute from the value
     written (errors propagate, as a human's would), and the answer is the last value written.
+    With `prefix` (operation lines already written, e.g. by a policy), the expert continues
+    after it from the value its last line wrote: a completer of that prefix.
     """
     if not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"error_rate must lie in [0, 1], got {error_rate}.")
-    value, steps = problem.start, []
-    for k, (op, operand) in enumerate(problem.ops, 1):
+    value = problem.start
+    if prefix:
+        last = parse_chain_step(prefix[-1])
+        if last.kind != "op":
+            raise ValueError(f"The expert continues after operation lines; got {prefix[-1]!r}.")
+        value = last.result
+    steps = []
+    for k in range(len(prefix) + 1, problem.num_ops + 1):
+        op, operand = problem.ops[k - 1]
         result = apply_op(value, op, operand)
         if rng.random() < error_rate:
             result = (result + int(rng.integers(1, 10))) % 10

@@ -160,3 +160,16 @@ def test_tokenizer_is_character_level_and_round_trips(tmp_path):
     assert tokenizer.encode("?", add_special_tokens=False) == [1]  # <unk>
     loaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert loaded.encode(text, add_special_tokens=False) == ids
+
+
+def test_noisy_expert_continues_a_prefix():
+    rng = np.random.default_rng(0)
+    # After a wrong line 1 (3+4=8), an error-free expert computes from 8: 8*7=6, 6-2=4.
+    assert ca.noisy_expert_steps(PROBLEM, rng, 0.0, ["1: 3+4=8\n"]) == [
+        "2: 8*7=6\n",
+        "3: 6-2=4\n",
+        "Answer: 4\n",
+    ]
+    assert ca.noisy_expert_steps(PROBLEM, rng, 0.0, GOLD[:3]) == ["Answer: 7\n"]
+    with pytest.raises(ValueError, match="operation lines"):
+        ca.noisy_expert_steps(PROBLEM, rng, 0.0, ["Answer: 7\n"])
