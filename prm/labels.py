@@ -149,15 +149,70 @@ class FirstErrorSearch:
     estimates: tuple[tuple[int, float], ...]
 
 
+class FirstErrorBisection:
+    """OmegaPRM's binary search for the first error (§3.2) as a state machine.
+
+    `locate_first_error` runs one search to its end through a callback; holding the state here
+    lets many searches advance in lockstep, the probes of all of them rolled out by one batched
+    sampler call per round:
+
+        searches = [FirstErrorBisection(len(steps)) for steps in solutions]
+        while live := [s for s in searches if not s.done]:
+            mcs = estimate([s.probe() for s in live])     # one batched rollout call
+            for search, mc in zip(live, mcs):
+                search.record(mc)
+
+    The span (last_correct, first_incorrect] holds the first error: MC(x_{1:last_correct}) > 0
+    and x_{1:first_incorrect} is incorrect (the whole solution, M steps, is by assumption).
+    """
+
+    def __init__(self, num_steps: int):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
+        self.last_correct, self.first_incorrect = 0, num_steps
+        self.estimates: list[tuple[int, float]] = []
+
+    @property
+    def done(self) -> bool:
+        """The span holds a single step: the first error is `first_incorrect`."""
+        return self.first_incorrect - self.last_correct <= 1
+
+    def probe(self) -> int:
+        """The prefix length t to roll out next: the midpoint of the span (1 ≤ t < M)."""
+        if self.done:
+            raise ValueError("The search is done; read result() instead of probing again.")
+        return (self.last_correct + self.first_incorrect) // 2
+
+    def record(self, mc: float) -> None:
+        """Records MC(x_{1:t}) for t = probe(): > 0 moves the span after t, 0 to before it."""
+        middle, mc = self.probe(), float(mc)
+        if not 0.0 <= mc <= 1.0:  # Also rejects NaN.
+            raise ValueError(
+                f"mc_estimate({middle}) returned {mc}; it must return the fraction of rollouts "
+                "that reach the gold answer, a number in [0, 1]."
+            )
+        self.estimates.append((middle, mc))
+        if mc > 0.0:
+            self.last_correct = middle
+        else:
+            self.first_incorrect = middle
+
+    def result(self) -> FirstErrorSearch:
+        if not self.done:
+            raise ValueError("The search is not done yet; record() the estimate of probe().")
+        return FirstErrorSearch(self.first_incorrect, tuple(self.estimates))
+
+
 def locate_first_error(num_steps: int, mc_estimate: Callable[[int], float]) -> FirstErrorSearch:
     """OmegaPRM's binary search for the first error of an incorrect solution (§3.2).
 
     The solution's steps x_1..x_M follow a state known to be correct (MC > 0) and end in a wrong
     answer, so the full prefix x_{1:M} counts as incorrect without a rollout. Each round rolls out
     from the midpoint m of the span that holds the first error: MC(x_{1:m}) > 0 puts the error
-    at or before m. Steps are whatever units the caller splits the solution into (OmegaPRM uses
-    token spans of about 1/16 of the mean solution length). Noisy estimates need not be monotone
-    in t; the result is then the first error the probed prefixes imply, as in the paper.
+    after m, MC = 0 at or before m. Steps are whatever units the caller splits the solution into
+    (OmegaPRM uses token spans of about 1/16 of the mean solution length). Noisy estimates need
+    not be monotone in t; the result is then the first error the probed prefixes imply, as in
+    the paper. `FirstErrorBisection` runs many such searches in lockstep.
 
     Callback contract: `mc_estimate(t)` rolls out k completions from the prefix x_{1:t}
     (1 ≤ t < M) and returns the fraction that reach the gold answer, a float in [0, 1]. It is
@@ -167,21 +222,7 @@ def locate_first_error(num_steps: int, mc_estimate: Callable[[int], float]) -> F
     Raises:
       ValueError: if `num_steps` < 1, or a callback result is not a number in [0, 1].
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
-    last_correct, first_incorrect = 0, num_steps
-    estimates: list[tuple[int, float]] = []
-    while first_incorrect - last_correct > 1:
-        middle = (last_correct + first_incorrect) // 2
-        mc = float(mc_estimate(middle))
-        if not 0.0 <= mc <= 1.0:  # Also rejects NaN.
-            raise ValueError(
-                f"mc_estimate({middle}) returned {mc}; it must return the fraction of rollouts "
-                "that reach the gold answer, a number in [0, 1]."
-            )
-        estimates.append((middle, mc))
-        if mc > 0.0:
-            last_correct = middle
-        else:
-            first_incorrect = middle
-    return FirstErrorSearch(first_error=first_incorrect, estimates=tuple(estimates))
+    search = FirstErrorBisection(num_steps)
+    while not search.done:
+        search.record(mc_estimate(search.probe()))
+    return search.result()

@@ -18,6 +18,7 @@ from typing import Any
 # Modules whose import registers components. Kept explicit (not a package walk) so the set of
 # registered names is greppable and import side effects stay predictable.
 REGISTERING_MODULES: list[str] = [
+    "prm.data.chain",
     "prm.data.demonstrations",
     "prm.data.qa_questions",
     "prm.data.questions",

@@ -186,3 +186,27 @@ def test_locate_first_error_rejects_bad_estimates(bad):
 def test_locate_first_error_rejects_bad_num_steps(num_steps):
     with pytest.raises(ValueError, match="num_steps"):
         labels.locate_first_error(num_steps, lambda t: 0.5)
+
+
+def test_bisections_in_lockstep_match_one_search_each():
+    # Three solutions whose true first errors are 3 (of 8), 1 (of 5) and 6 (of 6); MC > 0 exactly
+    # before the first error. Advancing all searches one probe per round gives each the
+    # callback search's probes and result, in max ⌈log2 M⌉ = 3 rounds.
+    cases = [(8, 3), (5, 1), (6, 6)]
+    searches = [labels.FirstErrorBisection(m) for m, _ in cases]
+    rounds = 0
+    while live := [i for i, s in enumerate(searches) if not s.done]:
+        rounds += 1
+        for i in live:
+            t = searches[i].probe()
+            searches[i].record(0.5 if t < cases[i][1] else 0.0)
+    assert rounds == 3
+    for search, (m, error) in zip(searches, cases):
+        alone = labels.locate_first_error(m, lambda t, e=error: 0.5 if t < e else 0.0)
+        assert search.result() == alone and alone.first_error == error
+    # Probes by hand for M = 8, error 3: 4 (MC 0), 2 (MC > 0), 3 (MC 0).
+    assert [t for t, _ in searches[0].result().estimates] == [4, 2, 3]
+    with pytest.raises(ValueError, match="done"):
+        searches[0].probe()
+    with pytest.raises(ValueError, match="not done"):
+        labels.FirstErrorBisection(4).result()
