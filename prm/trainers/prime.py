@@ -49,7 +49,7 @@ from prm.registry import TRAINERS
 from prm.rewards.implicit import ce_loss, sequence_rewards, step_rewards, token_rewards
 from prm.rollouts import TrajectoryBatch, rollout
 from prm.trainers.implicit_prm import implicit_token_rewards, pairwise_prm_accuracy
-from prm.trainers.rl import WorldRLTrainer, advantage_variances, token_batch
+from prm.trainers.rl import WorldRLTrainer, advantage_variances
 from prm.training.policy_step import policy_loss
 from prm.training.update import loss_normalizer
 
@@ -186,6 +186,12 @@ class PrimeTrainer(WorldRLTrainer):
             questions = next(self.data)
             trajectories = self.play(models, questions, jax.random.fold_in(rng, kept.rounds))
             kept.rounds += 1
+            # The positional leave-one-out needs each question's K rows contiguous, one id each.
+            check_groups(trajectories.group_id, k)
+            if len({q.id for q in questions}) != len(questions):
+                raise ValueError(
+                    "A batch of questions repeats a question: prompt ids must be unique."
+                )
             em = trajectories.em.astype(np.float32)
             keep = accuracy_filter(em.reshape(-1, k), low, high)
             kept.sampled_groups += len(keep)
@@ -212,9 +218,7 @@ class PrimeTrainer(WorldRLTrainer):
                 "rollout.accuracy_band, raise rollout.max_rounds or rollout.group_size, or start "
                 "from a policy whose success rate is inside the band."
             )
-        arrays = self._padded(kept, wanted)
-        group_id = np.repeat(np.arange(wanted), k)
-        check_groups(group_id, k)
+        arrays = self._padded(kept, wanted)  # group g = rows g·K .. g·K + K − 1
         mask = arrays["loss_mask"] > 0
         em = arrays["em"]
         metrics = {
@@ -254,15 +258,14 @@ class PrimeTrainer(WorldRLTrainer):
         advantages = np.asarray(advantages, np.float32) * mask
         metrics.update(advantage_variances(advantages, np.where(mask, arrays["step_id"], -1)))
 
-        class Rows:  # what `token_batch` reads
-            tokens, input_mask, loss_mask = (
-                arrays["tokens"],
-                arrays["input_mask"],
-                arrays["loss_mask"],
-            )
-            logprobs = arrays["logprobs"]
-
-        return {**token_batch(Rows, advantages), **batch_extra}, metrics
+        batch = {
+            "tokens": arrays["tokens"],
+            "input_mask": arrays["input_mask"],
+            "loss_mask": arrays["loss_mask"],
+            "advantages": advantages,
+            "old_logprobs": arrays["logprobs"],  # the sampler's: π_old (policy_step layout)
+        }
+        return {**batch, **batch_extra}, metrics
 
     def advantages(
         self, rewards: np.ndarray, outcome: np.ndarray, mask: np.ndarray, step_id: np.ndarray

@@ -198,15 +198,16 @@ def test_file_rows_become_groups_by_prompt_and_resume_their_position(tmp_path):
     groups, metrics = trainer.labelled_batch({}, jax.random.PRNGKey(0))
     k = trainer.group_size
     assert groups["tokens"].shape == (2 * k, trainer.config.data.seq_len)
-    texts = {}
-    for row in range(2 * k):
-        ids = groups["tokens"][row][groups["input_mask"][row]]
-        response = groups["tokens"][row][groups["loss_mask"][row] > 0]
-        if ids.size:
-            texts[tokenizer.decode(ids)] = (tokenizer.decode(response), groups["labels"][row])
-    for r in rows:
-        if r["prompt"] + r["response"] in texts:  # exactly what the file says, label included
-            assert texts[r["prompt"] + r["response"]] == (r["response"], r["label"])
+    expected = {r["prompt"] + r["response"]: (r["response"], r["label"]) for r in rows}
+    seen = []
+    for row in np.flatnonzero(groups["input_mask"].any(axis=1)):
+        text = tokenizer.decode(groups["tokens"][row][groups["input_mask"][row]])
+        response = tokenizer.decode(groups["tokens"][row][groups["loss_mask"][row] > 0])
+        assert expected[text] == (response, groups["labels"][row])  # as the file says
+        seen.append(text)
+    # Two prompts with all their responses: "who?" (2) and one other, or "where?" and "what?".
+    prompts = {text.split("\n")[0] for text in seen}
+    assert len(prompts) == 2 and len(seen) == (3 if "Question: who?" in prompts else 2)
     assert metrics["truncated_rows"] == 0
     saved = trainer.data_state()
     following = trainer.labelled_batch({}, jax.random.PRNGKey(0))[0]

@@ -190,12 +190,11 @@ def test_loss_trains_both_parts_and_the_first_prm_ce_is_ln2(tmp_path, monkeypatc
     assert metrics["prm/ce_before"] == pytest.approx(math.log(2), rel=1e-6)
     prm = Transformer(model_config_from(get_config("smoke").model), rngs=nnx.Rngs(0))
     parts = {"policy": models["policy"], "prm": prm}
-    graphdefs, params = {}, {}
-    for name, part in parts.items():
-        graphdefs[name], params[name] = nnx.split(part)
+    split = {name: nnx.split(part, nnx.Param, ...) for name, part in parts.items()}
+    params = {name: state for name, (_, state, _) in split.items()}
 
     def loss_of(params):
-        merged = {name: nnx.merge(graphdefs[name], params[name]) for name in params}
+        merged = {n: nnx.merge(g, params[n], rest) for n, (g, _, rest) in split.items()}
         return trainer.loss({**merged, "reference": models["reference"]}, batch, None)
 
     (loss, loss_metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
