@@ -161,7 +161,8 @@ def test_no_kept_group_is_a_clear_error(tmp_path, monkeypatch, models):
 def test_batch_advantages_are_eq5_of_the_prms_token_rewards(tmp_path, monkeypatch, models):
     trainer = make_trainer(tmp_path, monkeypatch, [[1, 0, 0, 1]])
     batch, metrics = trainer.next_batch(models, 1, jax.random.PRNGKey(0))
-    played = fake_rollout([1, 0, 0, 1])
+    played = fake_rollout([1, 0, 0, 1], tag=200)  # as `play` made it: 2 questions per round
+    np.testing.assert_array_equal(batch["tokens"], played.tokens)
     mask = played.loss_mask > 0
     rewards, logp_ref = implicit_token_rewards(
         models["prm"], models["reference"], played.tokens, played.input_mask, mask, 0.05
