@@ -26,6 +26,8 @@ REGISTERING_MODULES: list[str] = [
     "prm.judges.http",
     "prm.judges.local",
     "prm.judges.reference",
+    "prm.trainers.implicit_prm",
+    "prm.trainers.prime",
     "prm.trainers.search_r1",
     "prm.trainers.sft",
     "prm.trainers.slate",
