@@ -79,14 +79,35 @@ QWEN25 = {
 QWEN_END_OF_TEXT = 151643
 
 
+# The options of this file; the ablation configs (slate_full_trajectory.py, slate_mc.py) take
+# those of them that apply to them.
+OPTIONS = dict(
+    smoke=False, steps=60, seed=0, k=5, eta="0.7", budget=4, judge_error=0.0,
+    action_choice="free", questions=8, model="world", init_from="",
+)  # fmt: skip
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(
-        arg, smoke=False, steps=60, seed=0, k=5, eta=0.7, budget=4, judge_error=0.0,
-        action_choice="free", questions=8, model="world", init_from="",
-    )  # fmt: skip
+    opts = parse_arg(arg, **OPTIONS)
     if opts.model != "world":
         return paper_config(opts)
-    c = sft.rl_config("slate", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
+    return world_config("slate", opts)
+
+
+def selection_temperature(eta: str) -> float:
+    """The `eta` option: a float, or "argmax" (η = 0: the best sibling continues)."""
+    if eta == "argmax":
+        return 0.0
+    try:
+        return float(eta)
+    except ValueError:
+        raise ValueError(f"Config option 'eta' is a float or 'argmax'; got {eta!r}.") from None
+
+
+def world_config(trainer: str, opts: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`trainer` on the synthetic world from the SFT warm start, with the reference judge; `opts`
+    holds every name of `OPTIONS`."""
+    c = sft.rl_config(trainer, smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
                       evaluations=2, questions=opts.questions)  # fmt: skip
     c.rollout = rollout_config(opts, max_step_tokens=48, forced_answer="<answer>")
     c.judge = ml_collections.ConfigDict(
@@ -109,7 +130,7 @@ def rollout_config(opts, *, max_step_tokens: int, forced_answer: str) -> ml_coll
         {
             "k": opts.k,  # siblings per step
             "budget": opts.budget,  # B: judged steps per question
-            "eta": opts.eta,  # selection temperature of softmax(A/η); ≤ 0: argmax
+            "eta": selection_temperature(opts.eta),  # of softmax(A/η); ≤ 0: argmax
             "action_choice": opts.action_choice,
             "temperature": 1.0,
             "max_step_tokens": max_step_tokens,  # decode budget of one step (per stage)
