@@ -32,10 +32,32 @@ start) and at the end, per question type; over the steps, the judge's scores ris
 chosen trajectories rising, `chosen_rank` near 1 (selection follows the judge); and the measured
 `advantage_variance/step` of SLATE's sibling advantages, to compare with Search-R1's.
 
-Options: `smoke` (2 steps of 2 questions, k = 2, B = 2, on a tiny world, for tests), `steps=<int>`, `seed=<int>`, `k=<int>`,
-`eta=<float>` (≤ 0: argmax), `budget=<int>` (B), `judge_error=<float>`,
-`action_choice=free|constrained` (free generation parsed by the env, or the released code's
-choice of the action tag by log-probability, §2.3), `questions=<int>` (per step).
+Options: `smoke` (2 steps of 2 questions, k = 2, B = 2, on a tiny world, for tests),
+`steps=<int>`, `seed=<int>`, `k=<int>`, `eta=<float>|argmax` (≤ 0 or argmax: the best sibling
+continues), `budget=<int>` (B), `judge_error=<float>`, `action_choice=free|constrained` (free
+generation parsed by the env, or the released code's choice of the action tag by
+log-probability, §2.3), `questions=<int>` (per step).
+
+Sweeps (`experiments.compare` takes several options per config; each (config, seed) is its own
+run, named after its options, e.g. `slate-k=2-seed0`; 3 seeds each):
+
+    python -m experiments.compare --seeds=3 --results=results/slate_k \
+        --configs=configs/slate.py:k=2,configs/slate.py:k=5,configs/slate.py:k=8
+    python -m experiments.compare --seeds=3 --results=results/slate_eta \
+        --configs=configs/slate.py:eta=argmax,configs/slate.py:eta=0.3,configs/slate.py:eta=0.7,configs/slate.py:eta=2.0
+    python -m experiments.compare --seeds=3 --results=results/slate_budget \
+        --configs=configs/slate.py:budget=2,configs/slate.py:budget=3,configs/slate.py:budget=4
+    python -m experiments.compare --seeds=3 --results=results/slate_judge_error \
+        --configs=configs/slate.py:judge_error=0.0,configs/slate.py:judge_error=0.1,configs/slate.py:judge_error=0.3
+    python -m experiments.compare --seeds=3 --results=results/slate_k2_argmax \
+        --configs=configs/slate.py:k=2,eta=argmax,configs/slate.py:k=8,eta=argmax
+
+What the sweeps should show: k, EM against sampled tokens (larger k costs k-fold tokens per
+step; `tied_group_fraction` falls with k); η, argmax greedy paths against softmax exploration
+(`chosen_rank`); B, a bridge or comparison question takes two searches and an answer, a
+compositional one up to five steps, so a small B forces answers (`end/forced_answer`); judge error, how held-out EM degrades as a fraction of the judge's
+scores is corrupted (`judge_stats/corrupted`). The ablations are configs/slate_full_trajectory.py
+(no truncation) and configs/slate_mc.py (no judge).
 
 `model=qwen2.5-3b|qwen2.5-7b` carries the paper's settings (§5): that Qwen2.5 architecture
 loaded from a local HF directory (`init_from=<dir>` or `--config.model.init_from`; nothing is

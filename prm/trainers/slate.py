@@ -44,6 +44,14 @@ episode ends there without an answer (EM 0). Choices of ours where the paper is 
 judge's context names the question (not the whole instruction prompt); the step opening
 (`data.env.after_observation`, SLATE "<think>") is also forced after the prompt, as SLATE forces
 `<think>` at turn 0; the early-answer bonus uses the paper's 1-indexed t (`rollout.bonus_indexing`).
+
+The ablations the paper reports without detail (slate.md §6.3, "complementary benefits"), each
+changing one thing and sharing the rest of this module (judging: `judged_rewards`):
+  `slate_full_trajectory`  GRPO's sampling, k full trajectories per question, every step judged
+                           as a sibling would be; advantages within the question's group
+                           (`full_trajectory_advantages`): isolates truncation.
+  `slate_mc`               SLATE's sampling with no judge: a sibling's reward is the mean EM of m
+                           completions forked from its own cache: isolates the judge.
 """
 
 from __future__ import annotations
