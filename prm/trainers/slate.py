@@ -883,20 +883,13 @@ class SlateMCTrainer(SlateTrainer):
     ) -> list[StepGroup]:
         del judge_paths
         n, k, m = len(questions), self.k, self.completions
-        outcomes = np.zeros((n * k, m), np.float32)
-        tokens = np.zeros(n * k, np.int64)
-        rows = [r for r, s in enumerate(siblings) if s is not None and s.valid]
-        if rows:
-            outcomes[rows], tokens[rows] = self.complete(
-                t, questions, siblings, session, contexts, paths, rows, key
-            )
-        values = outcomes.mean(-1).reshape(n, k)
+        outcomes, tokens = self.complete(t, questions, siblings, session, contexts, paths, key)
         live_questions = np.flatnonzero(live)
-        by_question = lambda x: [x[q * k : (q + 1) * k] for q in live_questions]  # noqa: E731
         return self.step_groups(
-            t, live, siblings, contexts, paths, values, [[None] * k] * len(live_questions),
-            completions=by_question(outcomes),
-            completion_tokens=[int(x.sum()) for x in by_question(tokens)],
+            t, live, siblings, contexts, paths, outcomes.mean(-1).reshape(n, k),
+            [[None] * k] * len(live_questions),
+            completions=outcomes.reshape(n, k, m)[live_questions],
+            completion_tokens=tokens.reshape(n, k).sum(1)[live_questions].tolist(),
         )  # fmt: skip
 
     def complete(
@@ -907,34 +900,45 @@ class SlateMCTrainer(SlateTrainer):
         session: Session,
         contexts: list[list[int]],
         paths: list[list[StepResult]],
-        rows: Sequence[int],
         key: jax.Array,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """m completions of each sibling row in `rows` (row q·k + j of `session`) to the end of
-        its episode: (their EM, float32[len(rows), m]; tokens sampled per row, [len(rows)]).
+        """m completions of every valid sibling (row r = q·k + j of `session`) to the end of its
+        episode: (their EM, float32[n·k, m], 0 for the other rows; tokens sampled per row, [n·k]).
 
-        A fresh env replays each question's t chosen steps (the retrieval is deterministic, so
-        it reaches the state the siblings saw), then executes the sibling's action."""
-        k, m = self.k, self.completions
-        order = [r for r in rows for _ in range(m)]
+        Completion i of row r is row r·m + i of one m-way fork of `session` and episode r·m + i
+        of a fresh env, which replays the question's t chosen steps (retrieval is deterministic,
+        so it reaches the state the siblings saw) and executes the sibling's action. Rows without
+        a valid sibling stay idle, so every step forks the same shape (no recompilation)."""
+        k, m, seq_len = self.k, self.completions, self.config.data.seq_len
+        valid = np.repeat([s is not None and s.valid for s in siblings], m)
+        sibling_of = np.repeat(np.arange(len(siblings)), m)  # of each completion row
         env = self.make_env()
-        env.reset(self.tasks([questions[r // k] for r in order]))
-        for s in range(t):
-            env.step([paths[r // k][s].step_text for r in order])
-        results = env.step([siblings[r].env_text for r in order])
+        env.reset(self.tasks([questions[r // k] for r in sibling_of]))
+        for step in range(t):
+            env.step([paths[r // k][step].step_text if ok else None
+                      for r, ok in zip(sibling_of, valid)])  # fmt: skip
+        results = env.step(
+            [siblings[r].env_text if ok else None for r, ok in zip(sibling_of, valid)]
+        )
         episodes, forced = [], []
-        for i, (r, result) in enumerate(zip(order, results)):
-            episode = Trajectory(group_id=i, steps=[result])
-            episode.add(contexts[r // k] + siblings[r].tokens)
-            observation = [] if result.done else self.encode(result.observation)
-            if result.done:
-                episode.end = EpisodeEnd.ANSWER
-            elif len(episode.tokens) + len(observation) >= self.config.data.seq_len:
-                episode.end, observation = EpisodeEnd.TRUNCATED, []
+        for i, (r, result) in enumerate(zip(sibling_of, results)):
+            episode = Trajectory(group_id=i, end=EpisodeEnd.NO_ANSWER)  # idle unless valid
+            observation = []
+            if result is not None:
+                episode.steps.append(result)
+                episode.add(contexts[r // k] + siblings[r].tokens)
+                if not result.done:
+                    observation = self.encode(result.observation)
+                    if len(episode.tokens) + len(observation) >= seq_len:
+                        episode.end, observation = EpisodeEnd.TRUNCATED, []
+                    else:
+                        episode.end = EpisodeEnd.OPEN
+                elif result.action.kind == "answer":
+                    episode.end = EpisodeEnd.ANSWER
             episode.add(observation)
             episodes.append(episode)
             forced.append(observation)
-        completions = session.select(order)
+        completions = session.fork(m)
         if any(forced):
             completions.append(forced)
         play_open_rows(

@@ -178,22 +178,24 @@ def test_mc_values_are_the_mean_outcome_of_their_completions(tmp_path, policy, m
     monkeypatch.setattr(trainer, "make_env", lambda: envs.append(make_env()) or envs[-1])
     questions = next(trainer.data)
     played = trainer.play({"policy": policy}, questions, jax.random.PRNGKey(1))
-    # envs[0] plays the episodes; then one env per step holds that step's completions, in
-    # question order, m per valid sibling.
+    # envs[0] plays the episodes; then one env per step holds that step's completions:
+    # episode (q·k + j)·m + i is completion i of sibling j of question q.
     completion_envs = iter(envs[1:])
-    kinds, m = set(), 3
+    kinds, k, m = set(), 3, 3
     for t in sorted({g.step for g in played.groups}):
-        episodes = iter(next(completion_envs).episodes)
+        episodes = next(completion_envs).episodes
+        assert len(episodes) == len(questions) * k * m  # the same shape at every step
         for group in [g for g in played.groups if g.step == t]:
             question = questions[group.question]
             for j, sibling in enumerate(group.siblings):
+                completions = episodes[(group.question * k + j) * m :][:m]
                 if not sibling.valid:
                     assert group.rewards[j] == 0 and not group.completions[j].any()
+                    assert not any(e.actions for e in completions)  # not played
                     continue
                 kinds.add(sibling.action.kind)
                 outcomes = []
-                for _ in range(m):
-                    episode = next(episodes)
+                for episode in completions:
                     assert episode.question == question.text
                     # It replayed the chosen path, then executed this sibling's action.
                     assert episode.actions[:t] == [r.action for r in group.path]
@@ -209,7 +211,9 @@ def test_mc_values_are_the_mean_outcome_of_their_completions(tmp_path, policy, m
             np.testing.assert_allclose(
                 group.advantages, by_hand(group.rewards), rtol=1e-5, atol=1e-6
             )
-        assert next(episodes, None) is None
+        # Questions that already answered have no completions.
+        done = set(range(len(questions))) - {g.question for g in played.groups if g.step == t}
+        assert not any(episodes[i].actions for q in done for i in range(q * k * m, (q + 1) * k * m))
     assert next(completion_envs, None) is None
     values = np.concatenate([g.rewards for g in played.groups])
     assert kinds == {"search", "answer"} and values.max() > 0 and values.min() < 1
