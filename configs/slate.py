@@ -32,10 +32,32 @@ start) and at the end, per question type; over the steps, the judge's scores ris
 chosen trajectories rising, `chosen_rank` near 1 (selection follows the judge); and the measured
 `advantage_variance/step` of SLATE's sibling advantages, to compare with Search-R1's.
 
-Options: `smoke` (2 steps of 2 questions, k = 2, B = 2, on a tiny world, for tests), `steps=<int>`, `seed=<int>`, `k=<int>`,
-`eta=<float>` (≤ 0: argmax), `budget=<int>` (B), `judge_error=<float>`,
-`action_choice=free|constrained` (free generation parsed by the env, or the released code's
-choice of the action tag by log-probability, §2.3), `questions=<int>` (per step).
+Options: `smoke` (2 steps of 2 questions, k = 2, B = 2, on a tiny world, for tests),
+`steps=<int>`, `seed=<int>`, `k=<int>`, `eta=<float>|argmax` (≤ 0 or argmax: the best sibling
+continues), `budget=<int>` (B), `judge_error=<float>`, `action_choice=free|constrained` (free
+generation parsed by the env, or the released code's choice of the action tag by
+log-probability, §2.3), `questions=<int>` (per step).
+
+Sweeps (`experiments.compare` takes several options per config; each (config, seed) is its own
+run, named after its options, e.g. `slate-k=2-seed0`; 3 seeds each):
+
+    python -m experiments.compare --seeds=3 --results=results/slate_k \
+        --configs=configs/slate.py:k=2,configs/slate.py:k=5,configs/slate.py:k=8
+    python -m experiments.compare --seeds=3 --results=results/slate_eta \
+        --configs=configs/slate.py:eta=argmax,configs/slate.py:eta=0.3,configs/slate.py:eta=0.7,configs/slate.py:eta=2.0
+    python -m experiments.compare --seeds=3 --results=results/slate_budget \
+        --configs=configs/slate.py:budget=2,configs/slate.py:budget=3,configs/slate.py:budget=4
+    python -m experiments.compare --seeds=3 --results=results/slate_judge_error \
+        --configs=configs/slate.py:judge_error=0.0,configs/slate.py:judge_error=0.1,configs/slate.py:judge_error=0.3
+    python -m experiments.compare --seeds=3 --results=results/slate_k2_argmax \
+        --configs=configs/slate.py:k=2,eta=argmax,configs/slate.py:k=8,eta=argmax
+
+What the sweeps should show: k, EM against sampled tokens (larger k costs k-fold tokens per
+step; `tied_group_fraction` falls with k); η, argmax greedy paths against softmax exploration
+(`chosen_rank`); B, a bridge or comparison question takes two searches and an answer, a
+compositional one up to five steps, so a small B forces answers (`end/forced_answer`); judge error, how held-out EM degrades as a fraction of the judge's
+scores is corrupted (`judge_stats/corrupted`). The ablations are configs/slate_full_trajectory.py
+(no truncation) and configs/slate_mc.py (no judge).
 
 `model=qwen2.5-3b|qwen2.5-7b` carries the paper's settings (§5): that Qwen2.5 architecture
 loaded from a local HF directory (`init_from=<dir>` or `--config.model.init_from`; nothing is
@@ -84,14 +106,35 @@ QWEN25 = {
 QWEN_END_OF_TEXT = 151643
 
 
+# The options of this file; the ablation configs (slate_full_trajectory.py, slate_mc.py) take
+# those of them that apply to them.
+OPTIONS = dict(
+    smoke=False, steps=60, seed=0, k=5, eta="0.7", budget=4, judge_error=0.0,
+    action_choice="free", questions=8, model="world", init_from="",
+)  # fmt: skip
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(
-        arg, smoke=False, steps=60, seed=0, k=5, eta=0.7, budget=4, judge_error=0.0,
-        action_choice="free", questions=8, model="world", init_from="",
-    )  # fmt: skip
+    opts = parse_arg(arg, **OPTIONS)
     if opts.model != "world":
         return paper_config(opts)
-    c = sft.rl_config("slate", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
+    return world_config("slate", opts)
+
+
+def selection_temperature(eta: str) -> float:
+    """The `eta` option: a float, or "argmax" (η = 0: the best sibling continues)."""
+    if eta == "argmax":
+        return 0.0
+    try:
+        return float(eta)
+    except ValueError:
+        raise ValueError(f"Config option 'eta' is a float or 'argmax'; got {eta!r}.") from None
+
+
+def world_config(trainer: str, opts: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`trainer` on the synthetic world from the SFT warm start, with the reference judge; `opts`
+    holds every name of `OPTIONS`."""
+    c = sft.rl_config(trainer, smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
                       evaluations=2, questions=opts.questions)  # fmt: skip
     c.rollout = rollout_config(opts, max_step_tokens=48, forced_answer="<answer>")
     c.judge = ml_collections.ConfigDict(
@@ -114,7 +157,7 @@ def rollout_config(opts, *, max_step_tokens: int, forced_answer: str) -> ml_coll
         {
             "k": opts.k,  # siblings per step
             "budget": opts.budget,  # B: judged steps per question
-            "eta": opts.eta,  # selection temperature of softmax(A/η); ≤ 0: argmax
+            "eta": selection_temperature(opts.eta),  # of softmax(A/η); ≤ 0: argmax
             "action_choice": opts.action_choice,
             "temperature": 1.0,
             "max_step_tokens": max_step_tokens,  # decode budget of one step (per stage)

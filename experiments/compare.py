@@ -7,7 +7,9 @@ Each (config, seed) trains in `<results>/runs/<config name>-seed<k>` with
 `python -m experiments.train --config=<config>:seed=<k>` (a subprocess, so runs are isolated
 and an interrupted sweep resumes: a finished run — final step checkpointed and evaluated — is
 skipped, an unfinished one resumes from its checkpoint). Config options after a colon are kept
-(`configs/slate.py:judge_error=0.2` → run name `slate-judge_error=0.2`). Then it reads every
+(`configs/slate.py:judge_error=0.2` → run name `slate-judge_error=0.2`), several of them too:
+`--configs=configs/slate.py:k=2,eta=argmax,configs/slate.py:k=8` is two configs (an item that
+names no `.py` file continues the config before it). Then it reads every
 run's metrics.jsonl and writes into `<results>`:
 
     results.md / results.csv   held-out EM (mean ± std over seeds) per question type, at the
@@ -47,6 +49,20 @@ def run_name(config: str) -> str:
     path, _, options = config.partition(":")
     name = os.path.splitext(os.path.basename(path))[0]
     return f"{name}-{options.replace(',', '-')}" if options else name
+
+
+def config_specs(items: Sequence[str]) -> list[str]:
+    """The `--configs` list as configs with their options: absl splits the flag at every comma,
+    so an item whose part before ':' is not a `.py` file is an option of the config before it."""
+    specs: list[str] = []
+    for item in items:
+        if item.partition(":")[0].endswith(".py"):
+            specs.append(item)
+        elif specs:
+            specs[-1] += f"{',' if ':' in specs[-1] else ':'}{item}"
+        else:
+            raise ValueError(f"--configs must start with a config file (.py), got {item!r}.")
+    return specs
 
 
 def with_seed(config: str, seed: int) -> str:
@@ -189,7 +205,7 @@ def main(argv: list[str]) -> None:
     results = os.path.abspath(os.path.expanduser(_RESULTS.value))
     os.makedirs(os.path.join(results, "runs"), exist_ok=True)
     runs: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for config in _CONFIGS.value:
+    for config in config_specs(_CONFIGS.value):
         for seed in range(_SEEDS.value):
             workdir = os.path.join(results, "runs", f"{run_name(config)}-seed{seed}")
             if not _ONLY_REPORT.value:

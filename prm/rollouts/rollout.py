@@ -39,7 +39,7 @@ import numpy as np
 from prm.envs.protocol import StepResult, TextTokenizer, stop_token_sequences
 from prm.rollouts.env import Env
 from prm.rollouts.trajectory import EpisodeEnd, Trajectory, TrajectoryBatch, collate
-from prm.sampling import GREEDY, FinishReason, Sampler, SamplingParams
+from prm.sampling import GREEDY, FinishReason, Sampler, SamplingParams, Session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +106,36 @@ def rollout[Task](
             f"max_length={config.max_length} exceeds the model's max_position_embeddings="
             f"{position_limit}; lower RolloutConfig.max_length."
         )
-    stops = stop_token_sequences(tokenizer, env.stop_strings)
     # Allocate the cache for the longest possible episode now: a cache that grows mid-rollout
     # changes the jitted shapes and recompiles prefill and decode.
     capacity = min(config.max_length + config.max_step_tokens, position_limit)
     session = sampler.start(prompt_ids, reserve=capacity - longest)
     if n > 1:
         session = session.fork(n)
+    play_open_rows(session, env, tokenizer, rows, config, key, position_limit=position_limit)
+    for row, outcome in zip(rows, env.outcomes()):
+        row.outcome = dict(outcome)
+    return collate(rows, config.max_length, sampler.pad_token_id)
+
+
+def play_open_rows[Task](
+    session: Session,
+    env: Env[Task],
+    tokenizer: TextTokenizer,
+    rows: Sequence[Trajectory],
+    config: RolloutConfig = DEFAULT_ROLLOUT,
+    key: jax.Array | None = None,
+    *,
+    position_limit: int,
+) -> None:
+    """Plays every `EpisodeEnd.OPEN` row of `rows` to its end, in place: row i is `session` row i
+    and `env` episode i, each holding the row's tokens so far (context and cache agree).
+
+    The loop of `rollout` (module docstring); also continues episodes from any point, e.g. Monte
+    Carlo completions forked from a SLATE sibling's cache. Step t samples with `fold_in(key, t)`;
+    `position_limit` is the model's `max_position_embeddings`.
+    """
+    stops = stop_token_sequences(tokenizer, env.stop_strings)
     turn = 0
     while active := [i for i, r in enumerate(rows) if r.end == EpisodeEnd.OPEN]:
         lengths = np.array([len(rows[i].tokens) for i in active])
@@ -162,9 +185,6 @@ def rollout[Task](
         if any(forced):
             session.append(forced)
         turn += 1
-    for row, outcome in zip(rows, env.outcomes()):
-        row.outcome = dict(outcome)
-    return collate(rows, config.max_length, sampler.pad_token_id)
 
 
 def _step_env(

@@ -44,6 +44,14 @@ episode ends there without an answer (EM 0). Choices of ours where the paper is 
 judge's context names the question (not the whole instruction prompt); the step opening
 (`data.env.after_observation`, SLATE "<think>") is also forced after the prompt, as SLATE forces
 `<think>` at turn 0; the early-answer bonus uses the paper's 1-indexed t (`rollout.bonus_indexing`).
+
+The ablations the paper reports without detail (slate.md §6.3, "complementary benefits"), each
+changing one thing and sharing the rest of this module (judging: `judged_rewards`):
+  `slate_full_trajectory`  GRPO's sampling, k full trajectories per question, every step judged
+                           as a sibling would be; advantages within the question's group
+                           (`full_trajectory_advantages`): isolates truncation.
+  `slate_mc`               SLATE's sampling with no judge: a sibling's reward is the mean EM of m
+                           completions forked from its own cache: isolates the judge.
 """
 
 from __future__ import annotations
@@ -59,7 +67,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prm.advantages import sibling_step_advantages
+from prm.advantages import (
+    broadcast_step_values_to_tokens,
+    grpo_advantages,
+    sibling_step_advantages,
+)
 from prm.envs.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -68,6 +80,7 @@ from prm.envs.protocol import (
     THINK_CLOSE,
     THINK_OPEN,
     Action,
+    SearchEnv,
     StepResult,
     format_documents,
     parse_step,
@@ -85,7 +98,8 @@ from prm.judges import (
     think_text,
 )
 from prm.registry import TRAINERS
-from prm.rollouts import Trajectory, collate
+from prm.rollouts import EpisodeEnd, Trajectory, TrajectoryBatch, collate, rollout
+from prm.rollouts.rollout import play_open_rows
 from prm.sampling import FinishReason, Generation, Session
 from prm.trainers.rl import (
     WorldRLTrainer,
@@ -98,7 +112,7 @@ ACTION_CHOICES = ("free", "constrained")
 ACTION_KINDS = ("search", "answer")  # the constrained choice's order
 # Keys: fold_in(rng, t) for step t (t = B: the forced answers), then one branch per purpose;
 # in constrained mode a sibling's key branches once more per stage.
-_SIBLINGS, _SELECT = 0, 1
+_SIBLINGS, _SELECT, _COMPLETIONS = 0, 1, 2
 _THINK, _TAG, _CONTENT = 0, 1, 2
 
 
@@ -135,10 +149,12 @@ class StepGroup:
     context: list[int]  # the shared prefix: prompt and chosen path
     path: list[StepResult]  # the env's results of the chosen steps before this one
     siblings: list[Sibling]
-    judgements: list[Judgement | None]  # None for invalid siblings (not judged)
-    rewards: np.ndarray  # float32[k]
+    judgements: list[Judgement | None]  # None for invalid siblings (not judged), or no judge
+    rewards: np.ndarray  # float32[k]: Eq. 3/4, or the Monte Carlo value (`SlateMCTrainer`)
     advantages: np.ndarray  # float32[k]
     chosen: int = -1  # the sibling that continues; −1: all invalid, the episode ended
+    completions: np.ndarray | None = None  # float32[k, m]: EM of each MC completion (slate_mc)
+    completion_tokens: int = 0  # tokens the MC completions sampled
 
 
 @dataclasses.dataclass
@@ -152,6 +168,35 @@ class SlateRollout:
     sampled_tokens: int
     judge_stats: dict[str, int]  # counter deltas of the judge over this rollout
     seconds: float
+
+
+@dataclasses.dataclass
+class FullRollout:
+    """One train step of `SlateFullTrajectoryTrainer`: the k trajectories per question (row
+    q·k + j), their judged step rewards, advantages and existence masks [rows, B], every judged
+    step in row-then-step order with its judgement (None: invalid, not judged)."""
+
+    trajectories: TrajectoryBatch
+    rewards: np.ndarray
+    exists: np.ndarray
+    advantages: np.ndarray
+    steps: list[JudgedStep]
+    judgements: list[Judgement | None]
+    judge_stats: dict[str, int]
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgedStep:
+    """A step for the judge: its question, the steps before it on its own trajectory (the judge's
+    context, §3.4), its whole text (the judge reads the reasoning) and parsed action, and its
+    0-based index."""
+
+    question: Question
+    path: Sequence[PathStep]
+    text: str
+    action: Action
+    index: int
 
 
 def sample_softmax(
@@ -217,7 +262,13 @@ class SlateTrainer(WorldRLTrainer):
         self.tags = [self.encode(separator + tag) for tag in (SEARCH_OPEN, ANSWER_OPEN)]
         self.closes = [self.encode(tag) for tag in (SEARCH_CLOSE, ANSWER_CLOSE)]
         self.think_close = self.encode(THINK_CLOSE)
-        self.judge = make_judge(config.judge, **self._judge_resources(config))
+        self.judge = self.make_judge(config)
+
+    def make_judge(self, config: Any) -> Any:
+        return make_judge(config.judge, **self._judge_resources(config))
+
+    def _judge_counts(self) -> dict[str, int]:
+        return self.judge.stats.snapshot() if self.judge is not None else {}
 
     def _judge_resources(self, config: Any) -> dict[str, Any]:
         """What the reference judge needs from `data` (its world), unless the block sets it."""
@@ -244,7 +295,7 @@ class SlateTrainer(WorldRLTrainer):
     ) -> SlateRollout:
         """Grows one trajectory per question (module docstring), all questions batched."""
         started = time.perf_counter()
-        judged_before = self.judge.stats.snapshot()
+        judged_before = self._judge_counts()
         n, k, seq_len = len(questions), self.k, self.config.data.seq_len
         env = self.make_env()
         contexts = [self.encode(p) + self.opening for p in env.reset(self.tasks(questions))]
@@ -270,9 +321,11 @@ class SlateTrainer(WorldRLTrainer):
             sibling_keys = row_keys(jax.random.fold_in(step_key, _SIBLINGS), n, k)
             siblings_session, siblings = self.sample_siblings(session, live, sibling_keys, rooms)
             sampled += sum(len(s.tokens) for s in siblings if s is not None)
-            step_groups = self.judge_step(
-                t, questions, live, siblings, contexts, paths, judge_paths
-            )
+            step_groups = self.score_siblings(
+                t, questions, live, siblings, siblings_session, contexts, paths, judge_paths,
+                jax.random.fold_in(step_key, _COMPLETIONS),
+            )  # fmt: skip
+            sampled += sum(g.completion_tokens for g in step_groups)
             groups += step_groups
             advantages = np.stack([g.advantages for g in step_groups])
             valid = np.array([[s.valid for s in g.siblings] for g in step_groups])
@@ -298,7 +351,7 @@ class SlateTrainer(WorldRLTrainer):
                     continue
                 contexts[q] = contexts[q] + siblings[rows[q]].tokens
                 paths[q].append(result)
-                judge_paths[q].append(_path_step(siblings[rows[q]], result))
+                judge_paths[q].append(path_step(siblings[rows[q]].text, result))
                 if result.done:
                     ends[q] = "answer"
                     continue
@@ -311,7 +364,7 @@ class SlateTrainer(WorldRLTrainer):
             if any(forced):
                 session.append(forced)
         sampled += self.forced_answers(session, env, ends, jax.random.fold_in(rng, self.budget))
-        judged_after = self.judge.stats.snapshot()
+        judged_after = self._judge_counts()
         return SlateRollout(
             groups=groups,
             ends=[end or "forced_answer" for end in ends],
@@ -438,6 +491,23 @@ class SlateTrainer(WorldRLTrainer):
 
     # --- Judging ----------------------------------------------------------------------------
 
+    def score_siblings(
+        self,
+        t: int,
+        questions: Sequence[Question],
+        live: np.ndarray,
+        siblings: list[Sibling | None],
+        session: Session,
+        contexts: list[list[int]],
+        paths: list[list[StepResult]],
+        judge_paths: list[list[PathStep]],
+        key: jax.Array,
+    ) -> list[StepGroup]:
+        """Step t's groups with rewards and advantages: here the judge's (`judge_step`);
+        `SlateMCTrainer` values the siblings by completions from `session` instead."""
+        del session, key
+        return self.judge_step(t, questions, live, siblings, contexts, paths, judge_paths)
+
     def judge_step(
         self,
         t: int,
@@ -449,40 +519,71 @@ class SlateTrainer(WorldRLTrainer):
         judge_paths: list[list[PathStep]],
     ) -> list[StepGroup]:
         """Judges step t's valid siblings of every live question in one call; rewards (Eq. 3/4,
-        `prm.judges.step_rewards`) and advantages among each question's k siblings (Eq. 5)."""
+        `judged_rewards`) and advantages among each question's k siblings (Eq. 5)."""
         k = self.k
         live_questions = np.flatnonzero(live)
+        steps = [JudgedStep(questions[q], judge_paths[q], s.text, s.action, t)
+                 for q in live_questions for s in siblings[q * k : (q + 1) * k]]  # fmt: skip
+        judged, judgements = self.judged_rewards(steps)
+        rewards = np.zeros((len(questions), k), np.float32)
+        rewards[live_questions] = judged.reshape(-1, k)
+        by_question = [judgements[i * k : (i + 1) * k] for i in range(len(live_questions))]
+        return self.step_groups(t, live, siblings, contexts, paths, rewards, by_question)
+
+    def judged_rewards(
+        self, steps: Sequence[JudgedStep]
+    ) -> tuple[np.ndarray, list[Judgement | None]]:
+        """The judge's step rewards (Eq. 3/4, `prm.judges.step_rewards`) of `steps`, judged in
+        one call, float32[len(steps)], and their judgements. A step without a valid action is not
+        judged (judgement None): it gets `rollout.invalid_reward` (reasoning, action)."""
         requests, where = [], []
-        for q in live_questions:
-            question = questions[q]
-            context = judge_context(question.text, judge_paths[q])
-            previous = tuple(p.query for p in judge_paths[q] if p.query is not None)
-            for j in range(k):
-                sibling = siblings[q * k + j]
-                if sibling.valid:
-                    requests.append(JudgeRequest(
-                        context=context, think=think_text(sibling.text), kind=sibling.action.kind,
-                        content=sibling.action.content, step_index=t, budget=self.budget,
-                        golden_answers=tuple(question.answers), question_id=question.id,
-                        previous_queries=previous,
-                    ))  # fmt: skip
-                    where.append((q, j))
+        for i, step in enumerate(steps):
+            if step.action.kind == "invalid":
+                continue
+            requests.append(JudgeRequest(
+                context=judge_context(step.question.text, step.path),
+                think=think_text(step.text), kind=step.action.kind, content=step.action.content,
+                step_index=step.index, budget=self.budget,
+                golden_answers=tuple(step.question.answers), question_id=step.question.id,
+                previous_queries=tuple(p.query for p in step.path if p.query is not None),
+            ))  # fmt: skip
+            where.append(i)
         judgements = self.judge.judge(requests) if requests else []
-        judged: dict[tuple[int, int], Judgement] = dict(zip(where, judgements))
-        scores = judgement_arrays(judgements)
-        reasoning = np.full((len(questions), k), self.invalid_reward[0], np.int32)
-        action = np.full((len(questions), k), self.invalid_reward[1], np.int32)
-        is_answer = np.zeros((len(questions), k), bool)
-        for (q, j), r, a, answer in zip(where, scores["reasoning"], scores["action"],
-                                        scores["is_answer"]):  # fmt: skip
-            reasoning[q, j], action[q, j], is_answer[q, j] = r, a, answer
-        exists = np.repeat(live[:, None], k, axis=1)
+        reasoning = np.full(len(steps), self.invalid_reward[0], np.int32)
+        action = np.full(len(steps), self.invalid_reward[1], np.int32)
+        is_answer = np.zeros(len(steps), bool)
+        if judgements:
+            scores = judgement_arrays(judgements)
+            reasoning[where], action[where] = scores["reasoning"], scores["action"]
+            is_answer[where] = scores["is_answer"]
         rewards = step_rewards(
-            reasoning, action, is_answer, np.int32(t), budget=self.budget,
-            bonus=self.config.rollout.early_answer_bonus,
-            indexing=self.config.rollout.bonus_indexing, mask=exists,
+            reasoning, action, is_answer, np.array([s.index for s in steps], np.int32),
+            budget=self.budget, bonus=self.config.rollout.early_answer_bonus,
+            indexing=self.config.rollout.bonus_indexing,
         )  # fmt: skip
+        out: list[Judgement | None] = [None] * len(steps)
+        for i, judgement in zip(where, judgements):
+            out[i] = judgement
+        return rewards, out
+
+    def step_groups(
+        self,
+        t: int,
+        live: np.ndarray,
+        siblings: list[Sibling | None],
+        contexts: list[list[int]],
+        paths: list[list[StepResult]],
+        rewards: np.ndarray,
+        judgements: Sequence[Sequence[Judgement | None]],
+        **extra: Any,
+    ) -> list[StepGroup]:
+        """The groups of the live questions at step t: `rewards` [questions, k] (rows of other
+        questions are ignored) and their advantages among each question's siblings (Eq. 5);
+        `judgements` and each `extra` field hold one entry per live question."""
+        k = self.k
+        exists = np.repeat(np.asarray(live, bool)[:, None], k, axis=1)
         advantages = np.asarray(sibling_step_advantages(rewards, exists))
+        live_questions = np.flatnonzero(live)
         return [
             StepGroup(
                 question=int(q),
@@ -490,11 +591,12 @@ class SlateTrainer(WorldRLTrainer):
                 context=list(contexts[q]),
                 path=list(paths[q]),
                 siblings=siblings[q * k : (q + 1) * k],
-                judgements=[judged.get((q, j)) for j in range(k)],
+                judgements=list(judgements[i]),
                 rewards=rewards[q],
                 advantages=advantages[q],
+                **{name: values[i] for name, values in extra.items()},
             )
-            for q in live_questions
+            for i, q in enumerate(live_questions)
         ]
 
     # --- The training batch -----------------------------------------------------------------
@@ -581,6 +683,273 @@ class SlateTrainer(WorldRLTrainer):
         return metrics
 
 
+# --- Ablation: full-trajectory sampling, the same judged step rewards ---------------------------
+
+FULL_ADVANTAGES = ("return", "reward_to_go", "step")
+
+
+def full_trajectory_advantages(
+    step_rewards: np.ndarray, mask: np.ndarray, kind: str = "return"
+) -> np.ndarray:
+    """Advantages of each step of k full trajectories per question from their step rewards r_t^(j)
+    (Eq. 3/4), normalised within the question's group only (Eq. 5's estimator: unbiased std,
+    ε = 1e-6, `grpo_advantages`):
+
+        "return"        A_t^(j) = norm_j(R^(j)),     R^(j) = Σ_t r_t^(j)          (every step t)
+        "reward_to_go"  A_t^(j) = norm_j(G_t^(j)),   G_t^(j) = Σ_{t' ≥ t} r_t'^(j)
+        "step"          A_t^(j) = norm_j(r_t^(j))
+
+    norm_j(x_j) = (x_j − mean x) / (std x + ε) over the trajectories of the group: all k for the
+    return, those that reached step t for the other two. "return" is the full-trajectory
+    estimator of SLATE's variance theorem (Â_full, slate.md §4.2, GRPO on the dense return) and
+    "reward_to_go" its reward-to-go form (§4.3 reports both); "step" compares step t's rewards
+    although the trajectories' prefixes differ.
+
+    step_rewards, mask: [questions, k, S]; mask marks the steps that exist. Returns float32
+    [questions, k, S], 0 where mask is False.
+    """
+    if kind not in FULL_ADVANTAGES:
+        raise ValueError(f"Unknown full-trajectory advantage {kind!r}; use {FULL_ADVANTAGES}.")
+    mask = np.asarray(mask, bool)
+    rewards = np.where(mask, np.asarray(step_rewards, np.float32), 0.0)
+    if kind == "return":
+        normalised = np.asarray(grpo_advantages(rewards.sum(-1)))[..., None]
+    else:
+        values = rewards if kind == "step" else np.cumsum(rewards[..., ::-1], -1)[..., ::-1]
+        by_step = grpo_advantages(np.swapaxes(values, 1, 2), np.swapaxes(mask, 1, 2))
+        normalised = np.swapaxes(np.asarray(by_step), 1, 2)
+    return np.where(mask, normalised, 0.0).astype(np.float32)
+
+
+@TRAINERS.register("slate_full_trajectory")
+class SlateFullTrajectoryTrainer(SlateTrainer):
+    """SLATE's judge and step rewards on GRPO's sampling: the ablation that isolates truncation.
+
+    Per question, k full trajectories (`prm.rollouts.rollout`, group_size = k, free actions);
+    every step t < B of each is judged as SLATE judges a sibling (`judged_rewards`: the judge's
+    context is the trajectory's own earlier steps; Eq. 3/4; invalid steps get
+    `rollout.invalid_reward`); `full_trajectory_advantages(rollout.full_advantage)` turns them
+    into advantages within the question's k trajectories; each step's tokens carry its advantage.
+    The forced answer after B steps is neither judged nor trained, as in SLATE. Config: SLATE's
+    `rollout` block (`eta` and `action_choice` are unused) plus `full_advantage`.
+    """
+
+    def __init__(self, config: Any, mesh: jax.sharding.Mesh, workdir: str):
+        super().__init__(config, mesh, workdir)
+        if self.constrained:
+            raise ValueError(
+                "slate_full_trajectory samples free actions (prm.rollouts.rollout); set "
+                "rollout.action_choice='free'."
+            )
+        self.advantage_kind = config.rollout.full_advantage
+        full_trajectory_advantages(np.zeros((1, 2, 1)), np.ones((1, 2, 1)), self.advantage_kind)
+
+    def make_env(self) -> SearchEnv:
+        """SLATE's env, whose prompts also end with the step opening (SLATE forces it there)."""
+        env = super().make_env()
+        if self.env_config.after_observation:
+            reset, opening = env.reset, self.env_config.after_observation
+            env.reset = lambda tasks: [prompt + opening for prompt in reset(tasks)]
+        return env
+
+    def next_batch(
+        self, models: Mapping[str, nnx.Module], step: int, rng: jax.Array
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        del step
+        played = self.play(models, next(self.data), rng)
+        batch, step_id = self.batch(played)
+        return batch, self.metrics(played, batch, step_id)
+
+    def play(
+        self, models: Mapping[str, nnx.Module], questions: Sequence[Question], rng: jax.Array
+    ) -> FullRollout:
+        """k full trajectories per question, every step t < B judged (class docstring)."""
+        n, k, budget = len(questions), self.k, self.budget
+        started = time.perf_counter()
+        judged_before = self._judge_counts()
+        config = dataclasses.replace(self.rollout_config, group_size=k)
+        trajectories = rollout(
+            self.sampler(models), self.make_env(), self.assets.tokenizer,
+            self.tasks(questions), config, key=rng,
+        )  # fmt: skip
+        steps, where = [], []
+        for row, results in enumerate(trajectories.steps):
+            path: list[PathStep] = []
+            for t, result in enumerate(results[:budget]):
+                steps.append(JudgedStep(questions[row // k], list(path), result.step_text,
+                                        result.action, t))  # fmt: skip
+                where.append((row, t))
+                path.append(path_step(result.step_text, result))
+        judged, judgements = self.judged_rewards(steps)
+        rewards = np.zeros((n * k, budget), np.float32)
+        exists = np.zeros((n * k, budget), bool)
+        rows, columns = np.array(where).T
+        rewards[rows, columns], exists[rows, columns] = judged, True
+        judged_after = self._judge_counts()
+        return FullRollout(
+            trajectories=trajectories,
+            rewards=rewards,
+            exists=exists,
+            advantages=full_trajectory_advantages(
+                rewards.reshape(n, k, budget), exists.reshape(n, k, budget), self.advantage_kind
+            ).reshape(n * k, budget),
+            steps=steps,
+            judgements=judgements,
+            judge_stats={name: judged_after[name] - judged_before[name] for name in judged_after},
+            seconds=time.perf_counter() - started,
+        )
+
+    def batch(self, played: FullRollout) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(the update's arrays, step_id): one row per trajectory, each step's tokens with its
+        advantage; the forced answer (step B) is context, neither judged nor trained."""
+        trajectories = played.trajectories
+        step_id = np.where(trajectories.step_id < self.budget, trajectories.step_id, -1)
+        trained = dataclasses.replace(
+            trajectories, step_id=step_id, loss_mask=(step_id >= 0).astype(np.float32)
+        )
+        token_advantages = np.asarray(broadcast_step_values_to_tokens(played.advantages, step_id))
+        return token_batch(trained, token_advantages), step_id
+
+    def metrics(
+        self, played: FullRollout, batch: Mapping[str, np.ndarray], step_id: np.ndarray
+    ) -> dict[str, float]:
+        """Host metrics of one train step, named as SLATE's where they mean the same."""
+        k, budget = self.k, self.budget
+        trajectories, judgements = played.trajectories, played.judgements
+        valid = np.array([s.action.kind != "invalid" for s in played.steps])
+        # (question, step) groups some trajectory reached, and those whose advantages all tie.
+        reached = played.exists.reshape(-1, k, budget).any(1)
+        moved = played.advantages.reshape(-1, k, budget).any(1)
+        sampled = float(trajectories.loss_mask.sum())  # the forced answers too
+        metrics = {
+            "reward": float(played.rewards[played.exists].mean()),
+            "exact_match": float(trajectories.em.mean()),
+            "f1": float(trajectories.f1.mean()),
+            "steps_per_question": float(played.exists.sum(1).mean()),
+            "invalid_step_fraction": float(np.mean(~valid)),
+            "tied_group_fraction": float(np.sum(reached & ~moved) / np.sum(reached)),
+            "judge/candidates": float(valid.sum()),
+            "rollout_time_s": played.seconds,
+            "sampled_tokens": sampled,
+            "sampled_tokens_per_s": sampled / played.seconds,
+            **{f"judge_stats/{name}": float(count) for name, count in played.judge_stats.items()},
+            **advantage_variances(batch["advantages"], step_id),
+        }
+        for dimension in ("reasoning", "query", "answer"):
+            scores = [j.scores[dimension] for j in judgements if j and dimension in j.scores]
+            if scores:
+                metrics[f"judge/{dimension}"] = float(np.mean(scores))
+        return metrics
+
+
+# --- Ablation: truncated sampling, siblings valued by Monte Carlo completions -------------------
+
+
+@TRAINERS.register("slate_mc")
+class SlateMCTrainer(SlateTrainer):
+    """SLATE's truncated sampling without a judge: the ablation that isolates the judge.
+
+    As `SlateTrainer`, except how the k siblings of a step are valued: each valid sibling's
+    action is executed and m = `rollout.completions` continuations are played to the outcome
+    from the sibling's own KV cache (its session row repeated m times: no re-prefill), with the
+    episode's remaining budget and forced answer; the sibling's value is the mean EM of its m
+    outcomes (an answer sibling: its own EM, the same for every completion). A sibling without
+    a valid action is not completed: value 0, the EM of an episode without an answer (SLATE
+    never continues from it either). The values replace the judged rewards in Eq. 5 and in the
+    choice softmax(A/η); only the siblings' actions are trained, not the completions. No judge.
+    """
+
+    def __init__(self, config: Any, mesh: jax.sharding.Mesh, workdir: str):
+        super().__init__(config, mesh, workdir)
+        self.completions = config.rollout.completions
+        if self.completions < 1:
+            raise ValueError(f"slate_mc needs rollout.completions >= 1, got {self.completions}.")
+
+    def make_judge(self, config: Any) -> None:
+        del config
+        return None
+
+    def score_siblings(
+        self,
+        t: int,
+        questions: Sequence[Question],
+        live: np.ndarray,
+        siblings: list[Sibling | None],
+        session: Session,
+        contexts: list[list[int]],
+        paths: list[list[StepResult]],
+        judge_paths: list[list[PathStep]],
+        key: jax.Array,
+    ) -> list[StepGroup]:
+        del judge_paths
+        n, k, m = len(questions), self.k, self.completions
+        outcomes, tokens = self.complete(t, questions, siblings, session, contexts, paths, key)
+        live_questions = np.flatnonzero(live)
+        return self.step_groups(
+            t, live, siblings, contexts, paths, outcomes.mean(-1).reshape(n, k),
+            [[None] * k] * len(live_questions),
+            completions=outcomes.reshape(n, k, m)[live_questions],
+            completion_tokens=tokens.reshape(n, k).sum(1)[live_questions].tolist(),
+        )  # fmt: skip
+
+    def complete(
+        self,
+        t: int,
+        questions: Sequence[Question],
+        siblings: list[Sibling | None],
+        session: Session,
+        contexts: list[list[int]],
+        paths: list[list[StepResult]],
+        key: jax.Array,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """m completions of every valid sibling (row r = q·k + j of `session`) to the end of its
+        episode: (their EM, float32[n·k, m], 0 for the other rows; tokens sampled per row, [n·k]).
+
+        Completion i of row r is row r·m + i of one m-way fork of `session` and episode r·m + i
+        of a fresh env, which replays the question's t chosen steps (retrieval is deterministic,
+        so it reaches the state the siblings saw) and executes the sibling's action. Rows without
+        a valid sibling stay idle, so every step forks the same shape (no recompilation)."""
+        k, m, seq_len = self.k, self.completions, self.config.data.seq_len
+        valid = np.repeat([s is not None and s.valid for s in siblings], m)
+        sibling_of = np.repeat(np.arange(len(siblings)), m)  # of each completion row
+        env = self.make_env()
+        env.reset(self.tasks([questions[r // k] for r in sibling_of]))
+        for step in range(t):
+            env.step([paths[r // k][step].step_text if ok else None
+                      for r, ok in zip(sibling_of, valid)])  # fmt: skip
+        results = env.step(
+            [siblings[r].env_text if ok else None for r, ok in zip(sibling_of, valid)]
+        )
+        episodes, forced = [], []
+        for i, (r, result) in enumerate(zip(sibling_of, results)):
+            episode = Trajectory(group_id=i, end=EpisodeEnd.NO_ANSWER)  # idle unless valid
+            observation = []
+            if result is not None:
+                episode.steps.append(result)
+                episode.add(contexts[r // k] + siblings[r].tokens)
+                if not result.done:
+                    observation = self.encode(result.observation)
+                    if len(episode.tokens) + len(observation) >= seq_len:
+                        episode.end, observation = EpisodeEnd.TRUNCATED, []
+                    else:
+                        episode.end = EpisodeEnd.OPEN
+                elif result.action.kind == "answer":
+                    episode.end = EpisodeEnd.ANSWER
+            episode.add(observation)
+            episodes.append(episode)
+            forced.append(observation)
+        completions = session.fork(m)
+        if any(forced):
+            completions.append(forced)
+        play_open_rows(
+            completions, env, self.assets.tokenizer, episodes, self.rollout_config, key,
+            position_limit=completions.sampler.config.max_position_embeddings,
+        )  # fmt: skip
+        em = np.array([o["em"] for o in env.outcomes()], np.float32).reshape(-1, m)
+        sampled = np.array([sum(s >= 0 for s in e.step_id) for e in episodes]).reshape(-1, m)
+        return em, sampled.sum(-1)
+
+
 def _add_generation(siblings: list[Sibling | None], generation: Generation) -> None:
     """Appends each sibling row's sampled tokens with their log-probs."""
     logprobs = np.asarray(generation.logprobs)
@@ -589,12 +958,12 @@ def _add_generation(siblings: list[Sibling | None], generation: Generation) -> N
             siblings[i].add(tokens, logprobs[i, : len(tokens)].tolist())
 
 
-def _path_step(sibling: Sibling, result: StepResult) -> PathStep:
-    """The judge's record of a chosen step (§3.4): its reasoning, and for a search its query and
-    the retrieved documents."""
+def path_step(text: str, result: StepResult) -> PathStep:
+    """The judge's record of a step taken (§3.4): the reasoning of its whole `text`, and for a
+    search its query and the retrieved documents."""
     passages = result.info.get("passages")
     return PathStep(
-        think=think_text(sibling.text),
+        think=think_text(text),
         query=result.info.get("query"),
         retrieved=None if passages is None else format_documents(passages),
     )

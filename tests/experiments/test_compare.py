@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+from absl import flags
+
 from experiments import compare
 
 
@@ -27,6 +30,21 @@ def test_names_and_seeds():
     assert compare.run_name("configs/slate.py:k=3,eta=0") == "slate-k=3-eta=0"
     assert compare.with_seed("configs/slate.py", 2) == "configs/slate.py:seed=2"
     assert compare.with_seed("configs/slate.py:k=3", 2) == "configs/slate.py:k=3,seed=2"
+
+
+def test_configs_flag_keeps_each_configs_options():
+    # What absl's DEFINE_list (the --configs flag) makes of one flag value.
+    items = flags.ListParser().parse(
+        "configs/slate.py:k=2,eta=argmax,configs/slate.py:k=8,configs/search_r1.py,"
+        "configs/slate_mc.py:m=2"
+    )
+    assert compare.config_specs(items) == [
+        "configs/slate.py:k=2,eta=argmax", "configs/slate.py:k=8", "configs/search_r1.py",
+        "configs/slate_mc.py:m=2",
+    ]  # fmt: skip
+    assert compare.config_specs(["configs/slate.py", "smoke"]) == ["configs/slate.py:smoke"]
+    with pytest.raises(ValueError, match="config file"):
+        compare.config_specs(["k=2", "configs/slate.py"])
 
 
 def test_report_means_and_stds_over_seeds(tmp_path):
