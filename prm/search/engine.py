@@ -32,7 +32,7 @@ import numpy as np
 
 from prm.envs.protocol import StepResult, TextTokenizer, stop_token_sequences
 from prm.rollouts.env import Env
-from prm.sampling import GREEDY, Row, Sampler, SamplingParams, gather, live_cache_bytes
+from prm.sampling import Row, Sampler, SamplingParams, gather, live_cache_bytes
 from prm.sampling.sampler import _bucket
 from prm.search.tree import Node, SearchTree
 
