@@ -140,9 +140,11 @@ def truncate_at_stop(text: str, stops: Sequence[str] = STEP_STOP_STRINGS) -> str
 
 @dataclasses.dataclass(frozen=True)
 class Action:
-    """A parsed step: `search` (content = query), `answer` (content = answer), or `invalid`."""
+    """A parsed step: `search` (content = query), `answer` (content = answer), `step` (a
+    reasoning step without a tool call, content = its text; e.g. `prm.envs.chain_arithmetic`),
+    or `invalid`."""
 
-    kind: Literal["search", "answer", "invalid"]
+    kind: Literal["search", "answer", "step", "invalid"]
     content: str = ""
     reason: str = ""  # why the step is invalid; empty otherwise
 
