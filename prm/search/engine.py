@@ -7,7 +7,9 @@
 Every call is batched over nodes of any trees: `expand` gathers the selected nodes' cache rows
 into one session (`prm.sampling.gather`), forks each `width` ways and decodes one step for all of
 them in one call, so a child continues from its parent's cache and no prefix is prefilled
-twice; the env's observations are then appended to the children's rows in one call. With
+twice; the env's observations are then appended to the children's rows in one call. Before
+each expansion, live rows left in sessions that are at most half alive are compacted into
+fresh ones, so the cache of expanded and finished nodes is freed. With
 `EngineConfig.reuse_cache=False` each expansion re-prefills its parents' whole contexts instead
 (the baseline of experiments/bench_tree_search.py); both grow the same trees.
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from prm.envs.protocol import StepResult, TextTokenizer, stop_token_sequences
 from prm.rollouts.env import Env
-from prm.sampling import Row, Sampler, SamplingParams, gather, live_cache_bytes
+from prm.sampling import Row, Sampler, SamplingParams, compact, gather, live_cache_bytes
 from prm.sampling.sampler import _bucket
 from prm.search.tree import Node, SearchTree
 
@@ -138,6 +140,7 @@ class TreeEngine:
     # Expander protocol -------------------------------------------------------------------
 
     def expand(self, requests: Sequence[tuple[SearchTree, int]], width: int) -> list[list[Node]]:
+        self._compact()
         states = [self._node_state(tree, node_id) for tree, node_id in requests]
         keys = [[self._node_key(s.tree, s.node_id, j) for j in range(width)] for s in states]
         steps = self._step(states, width, keys)
@@ -294,6 +297,24 @@ class TreeEngine:
                 if t == len(texts) - 1:
                     last[i] = results[i]
         return last  # type: ignore[return-value]
+
+    def _compact(self) -> None:
+        """Moves the rows of live nodes out of sessions at most half alive (`compact`), so the
+        sessions of expanded and finished nodes are freed."""
+        groups: dict[int, list[Node]] = {}
+        for tree in self._trees:
+            for node in tree.nodes:
+                if node.row is not None:
+                    groups.setdefault(id(node.row.session), []).append(node)
+        stale = [
+            node
+            for group in groups.values()
+            if 2 * len(group) <= group[0].row.session.batch_size
+            for node in group
+        ]
+        if stale:
+            for node, row in zip(stale, compact([node.row for node in stale])):
+                node.row = row
 
     def _track_cache(self) -> None:
         rows = [row for tree in self._trees for row in tree.rows()]
