@@ -38,6 +38,7 @@ _SUBMODULES = (
     "rewards",
     "rollouts",
     "sampling",
+    "search",
     "theory",
     "trainers",
     "training",
