@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from prm.envs.protocol import StepResult, TextTokenizer, stop_token_sequences
@@ -235,7 +236,7 @@ class TreeEngine:
         active = np.arange(rows * width) < num
         generation = session.generate(
             config.max_step_tokens,
-            key=jax.numpy.stack(flat_keys),
+            key=jnp.stack(flat_keys),
             sampling=config.sampling,
             stops=self.stops,
             active=active,

@@ -21,7 +21,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from prm.masked import masked_mean
 from prm.models.heads import ScalarHeadModel
 from prm.sampling.sampler import _bucket
 from prm.search.tree import Node, SearchTree
@@ -146,7 +145,7 @@ def value_loss(model: ScalarHeadModel, batch: dict[str, jax.Array]) -> jax.Array
     scores = model(batch["tokens"], batch["input_mask"])
     last = jnp.sum(batch["input_mask"], axis=1) - 1
     predicted = scores[jnp.arange(scores.shape[0]), last]
-    return masked_mean(jnp.square(predicted - batch["targets"]), jnp.ones_like(predicted))
+    return jnp.mean(jnp.square(predicted - batch["targets"]))
 
 
 def fit_value(
