@@ -77,14 +77,20 @@ def test_cache_reuse_grows_the_same_trees_as_reprefill(model, searched):
 
 def test_step_logprobs_equal_a_forward_over_each_path(model, searched):
     trees, _ = searched
-    for tree in trees:
-        for i, node in enumerate(tree.nodes[1:], start=1):
-            context = tree.context(i)
-            scored = token_logprobs(model, jnp.asarray([context]))
-            start = len(context) - len(node.observation_tokens) - len(node.step_tokens)
-            # Position t of `scored` is log π(context[t] | context[:t]).
-            got = np.asarray(scored.logprobs)[0, start : start + len(node.step_tokens)]
-            np.testing.assert_allclose(node.step_logprobs, got, atol=1e-5)
+    nodes = [(tree, i) for tree in trees for i in range(1, len(tree.nodes))]
+    contexts = [tree.context(i) for tree, i in nodes]
+    width = max(map(len, contexts))
+    ids = np.zeros((len(contexts), width), np.int32)
+    for b, context in enumerate(contexts):
+        ids[b, : len(context)] = context
+    real = np.arange(width) < np.array([len(c) for c in contexts])[:, None]
+    # One uncached forward over every path; position t is log π(context[t] | context[:t]).
+    scored = np.asarray(token_logprobs(model, jnp.asarray(ids), jnp.asarray(real)).logprobs)
+    for b, (tree, i) in enumerate(nodes):
+        node = tree.nodes[i]
+        start = len(contexts[b]) - len(node.observation_tokens) - len(node.step_tokens)
+        got = scored[b, start : start + len(node.step_tokens)]
+        np.testing.assert_allclose(node.step_logprobs, got, atol=1e-5)
 
 
 def test_trees_do_not_depend_on_their_batch(model, searched):
