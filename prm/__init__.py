@@ -39,6 +39,7 @@ _SUBMODULES = (
     "rewards",
     "rollouts",
     "sampling",
+    "search",
     "theory",
     "trainers",
     "training",

@@ -17,6 +17,7 @@ Callers outside `prm.models` go through the methods below and never see the layo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -81,6 +82,22 @@ class KVCache:
         if rows.ndim != 1:
             raise ValueError(f"take(rows) needs a 1-D index array, got shape {rows.shape}.")
         return jax.tree.map(lambda x: x[rows], self)
+
+    @classmethod
+    def concatenate(cls, caches: Sequence[KVCache]) -> KVCache:
+        """The rows of every cache, in order, in one cache (all must share max_len and dtype)."""
+        if not caches:
+            raise ValueError("concatenate() needs at least one cache.")
+        if len({(c.max_len, c.dtype, c.num_layers) for c in caches}) != 1:
+            raise ValueError(
+                "concatenate() needs caches of one max_len, dtype and depth; resize them first."
+            )
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *caches)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the keys and values."""
+        return sum(x.nbytes for x in (*self.k, *self.v))
 
     def resize(self, max_len: int) -> KVCache:
         """The same rows with capacity `max_len` (>= the current one); new slots are zero."""

@@ -8,6 +8,7 @@ from prm.sampling.filters import (
     top_k_filter,
     top_p_filter,
 )
+from prm.sampling.gather import Row, compact, gather, live_cache_bytes, row_lengths
 from prm.sampling.sampler import FinishReason, Generation, Sampler, Session
 from prm.sampling.stops import match_stops, pack_stops
 
@@ -15,12 +16,17 @@ __all__ = [
     "GREEDY",
     "FinishReason",
     "Generation",
+    "Row",
     "Sampler",
     "SamplingParams",
     "Session",
+    "compact",
     "filter_logits",
+    "gather",
+    "live_cache_bytes",
     "match_stops",
     "pack_stops",
+    "row_lengths",
     "sample_tokens",
     "top_k_filter",
     "top_p_filter",

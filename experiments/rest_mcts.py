@@ -1,0 +1,273 @@
+"""ReST-MCTS* self-training on chain arithmetic mod 10, with search baselines at equal tokens.
+
+    python -m experiments.rest_mcts --config=configs/rest_mcts.py --workdir=/tmp/rest_mcts
+    python -m experiments.rest_mcts --config=configs/rest_mcts.py:smoke --workdir=/tmp/rest_smoke
+
+Steps (configs/rest_mcts.py says what each block sets):
+1. warm start: SFT of a tiny policy on noisy expert solutions;
+2. V_0: a scalar head on a copy of the warm policy, MSE on the ReST-MCTS* targets of trees
+   merged from several noisy solutions per problem (`tree_from_solutions`, the paper's D_V0);
+3. per self-training iteration: MCTS* in full mode on the training problems (all trees in one
+   batched search), policy SFT on verified traces, V regression on the trees' value targets;
+4. evaluation before training and after each iteration, on held-out problems: greedy accuracy;
+   MCTS* (evaluation mode) accuracy and generated tokens per question; best-of-N with V_θ as the
+   verifier and self-consistency (majority answer) with N chosen so their generated tokens match
+   MCTS*'s.
+
+Writes `results.json` to the workdir and prints one line per evaluation.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from prm.envs.chain_arithmetic import (
+    ChainArithmeticEnv,
+    ChainConfig,
+    build_chain_tokenizer,
+    generate_problems,
+    noisy_expert_steps,
+    step_correctness,
+    verify,
+)
+from prm.models import ScalarHeadModel, Transformer
+from prm.rollouts import RolloutConfig, rollout
+from prm.sampling import Sampler, SamplingParams
+from prm.search import EngineConfig, MCTSConfig, ScalarValueFn, TreeEngine, mcts_star
+from prm.search.self_train import (
+    Trace,
+    collect_training_data,
+    fit_policy,
+    fit_value,
+    tree_from_solutions,
+)
+from prm.training.state import model_config_from
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/rest_mcts.py", "Experiment config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json goes.")
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def warm_start_policy(policy, tokenizer, config, problems_config) -> list[float]:
+    """SFT on one noisy expert solution per problem (loss on solution tokens only)."""
+    ws = config.warm_start
+    rng = np.random.default_rng(config.seed)
+    problems = generate_problems(
+        ws.steps * ws.batch_size // 4, seed=config.seed + 1, config=problems_config
+    )
+    traces = []
+    for problem in problems:
+        prompt = encode(tokenizer, problem.prompt)
+        steps = [encode(tokenizer, s) for s in noisy_expert_steps(problem, rng, ws.error_rate)]
+        body = [t for s in steps for t in s]
+        traces.append(Trace((*prompt, *body), (0.0,) * len(prompt) + (1.0,) * len(body)))
+    return fit_policy(
+        policy,
+        traces,
+        steps=ws.steps,
+        batch_size=ws.batch_size,
+        learning_rate=ws.lr,
+        pad_id=config.model.pad_token_id,
+        seed=config.seed,
+    )
+
+
+def warm_start_value(value_model, tokenizer, config, problems_config) -> list[float]:
+    """MSE on the value targets of trees merged from noisy solutions (D_V0)."""
+    vw = config.value_warm_start
+    rng = np.random.default_rng(config.seed + 2)
+    samples = []
+    for problem in generate_problems(vw.problems, seed=config.seed + 3, config=problems_config):
+        solutions = [
+            noisy_expert_steps(problem, rng, config.warm_start.error_rate)
+            for _ in range(vw.solutions)
+        ]
+        tree = tree_from_solutions(
+            problem,
+            encode(tokenizer, problem.prompt),
+            [[encode(tokenizer, s) for s in steps] for steps in solutions],
+            [float(verify(problem, "".join(steps))) for steps in solutions],
+        )
+        samples += collect_training_data([tree], config.self_train.correct_reward)[1]
+    return fit_value(
+        value_model,
+        samples,
+        steps=vw.steps,
+        batch_size=config.self_train.batch_size,
+        learning_rate=vw.lr,
+        pad_id=config.model.pad_token_id,
+        seed=config.seed,
+    )
+
+
+def search(policy, value_model, env, tokenizer, problems, config, *, full: bool, key):
+    engine_config = EngineConfig(
+        max_step_tokens=config.engine.max_step_tokens,
+        max_length=config.engine.max_length,
+        sampling=SamplingParams(temperature=config.engine.temperature),
+    )
+    engine = TreeEngine(
+        Sampler(policy),
+        env,
+        tokenizer,
+        ScalarValueFn(value_model, pad_id=config.model.pad_token_id),
+        engine_config,
+        key=key,
+    )
+    trees = engine.new_trees(problems)
+    mcts_star(trees, engine, MCTSConfig(**config.mcts.to_dict(), full=full))
+    return trees, engine
+
+
+def evaluate(policy, value_model, env, tokenizer, problems, config, key) -> dict[str, float]:
+    correct = config.self_train.correct_reward
+    rollout_config = RolloutConfig(
+        max_step_tokens=config.engine.max_step_tokens, max_length=config.engine.max_length
+    )
+    greedy = rollout(Sampler(policy), env, tokenizer, problems, rollout_config)
+    greedy_tokens = float(greedy.loss_mask.sum()) / len(problems)
+    trees, engine = search(
+        policy, value_model, env, tokenizer, problems, config, full=False, key=key
+    )
+    answers = [tree.answer() for tree in trees]
+    results = {
+        "greedy_accuracy": float(np.mean(greedy.reward >= correct)),
+        "greedy_tokens": greedy_tokens,
+        "mcts_accuracy": float(
+            np.mean([a is not None and t.correct(a, correct) for t, a in zip(trees, answers)])
+        ),
+        "mcts_tokens": float(np.mean(list(engine.stats["tokens"].values()))),
+    }
+    if config.compare:
+        n = max(1, round(results["mcts_tokens"] / max(greedy_tokens, 1.0)))
+        sampled = rollout(
+            Sampler(policy),
+            env,
+            tokenizer,
+            problems,
+            RolloutConfig(
+                max_step_tokens=config.engine.max_step_tokens,
+                max_length=config.engine.max_length,
+                sampling=SamplingParams(temperature=config.engine.temperature),
+                group_size=n,
+            ),
+            key=jax.random.fold_in(key, 1),
+        )
+        lengths = sampled.input_mask.sum(axis=1)
+        scores = ScalarValueFn(value_model, pad_id=config.model.pad_token_id)(
+            [row[:length].tolist() for row, length in zip(sampled.tokens, lengths)]
+        )
+        best_of_n, majority = [], []
+        for q, problem in enumerate(problems):
+            rows = range(q * n, (q + 1) * n)
+            best = max(rows, key=lambda r: scores[r])
+            best_of_n.append(sampled.reward[best] >= correct)
+            votes = collections.Counter(a for r in rows if (a := sampled.answers[r]) is not None)
+            majority.append(bool(votes) and votes.most_common(1)[0][0] == str(problem.answer))
+        results.update(
+            {
+                "n": n,
+                "sampled_tokens": float(sampled.loss_mask.sum()) / len(problems),
+                "best_of_n_accuracy": float(np.mean(best_of_n)),
+                "self_consistency_accuracy": float(np.mean(majority)),
+            }
+        )
+    return results
+
+
+def process_correct_fraction(trees, correct: float) -> float:
+    """Among verified traces, the fraction whose every step is truly correct."""
+    flags_ = [
+        all(step_correctness(tree.task, tree.step_texts(i)))
+        for tree in trees
+        for i in tree.done_nodes()
+        if tree.correct(i, correct)
+    ]
+    return float(np.mean(flags_)) if flags_ else float("nan")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None) -> list[dict]:
+    start = time.time()
+    tokenizer = build_chain_tokenizer()
+    env = ChainArithmeticEnv()
+    problems_config = ChainConfig(min_ops=config.problems.min_ops, max_ops=config.problems.max_ops)
+    train = generate_problems(config.problems.train, seed=config.seed, config=problems_config)
+    test = generate_problems(
+        config.problems.test, seed=config.seed, split="test", config=problems_config
+    )
+    policy = Transformer(model_config_from(config.model), rngs=nnx.Rngs(config.seed))
+    warm = warm_start_policy(policy, tokenizer, config, problems_config)
+    value_model = ScalarHeadModel(nnx.clone(policy), rngs=nnx.Rngs(config.seed + 1))
+    value_warm = warm_start_value(value_model, tokenizer, config, problems_config)
+    key = jax.random.key(config.seed)
+    records = []
+
+    def record(iteration: int, extra: dict) -> None:
+        metrics = evaluate(
+            policy, value_model, env, tokenizer, test, config, jax.random.fold_in(key, 1000)
+        )
+        records.append({"iteration": iteration, **extra, **metrics, "time_s": time.time() - start})
+        print(json.dumps(records[-1]), flush=True)
+
+    record(0, {"warm_start_nll": warm[-1], "value_warm_start_mse": value_warm[-1]})
+    st = config.self_train
+    for iteration in range(1, st.iterations + 1):
+        trees, engine = search(
+            policy,
+            value_model,
+            env,
+            tokenizer,
+            train,
+            config,
+            full=True,
+            key=jax.random.fold_in(key, iteration),
+        )
+        traces, samples = collect_training_data(trees, st.correct_reward)
+        extra = {
+            "traces": len(traces),
+            "value_samples": len(samples),
+            "trace_process_correct": process_correct_fraction(trees, st.correct_reward),
+            "search_peak_cache_mb": engine.stats["peak_cache_bytes"] / 2**20,
+        }
+        pad = config.model.pad_token_id
+        if traces:
+            extra["policy_nll"] = fit_policy(
+                policy, traces, steps=st.policy_steps, batch_size=st.batch_size,
+                learning_rate=st.policy_lr, pad_id=pad, seed=iteration,
+            )[-1]  # fmt: skip
+        if samples:
+            extra["value_mse"] = fit_value(
+                value_model, samples, steps=st.value_steps, batch_size=st.batch_size,
+                learning_rate=st.value_lr, pad_id=pad, seed=iteration,
+            )[-1]  # fmt: skip
+        record(iteration, extra)
+    if workdir:
+        path = pathlib.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "results.json").write_text(
+            json.dumps({"config": config.to_dict(), "records": records}, indent=1, default=str)
+        )
+    return records
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,175 @@
+"""ReST-MCTS* self-training data and updates (shared/papers/pav_and_tree_search.md §2.3).
+
+Each iteration searches the training questions with MCTS* in "full" mode, then
+* policy data: the traces of done nodes whose reward verifies (`correct_reward`), trained with
+  next-token NLL on the sampled step tokens only (prompt and observations are context);
+* value data: (prefix, v_k) for every node of a tree with a verified answer
+  (`SearchTree.value_targets`), trained with MSE of the value model's last-token score:
+      L_V = mean_i (V_θ(p_i) − v_i)².
+`fit_policy` and `fit_value` run plain Adam on fixed-shape batches (one compile per fit); the
+loop that alternates search and fits is experiments/rest_mcts.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from prm.models.heads import ScalarHeadModel
+from prm.sampling.sampler import _bucket
+from prm.search.tree import Node, SearchTree
+from prm.trainers.sft import next_token_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """A verified solution: tokens and the loss mask of its sampled step tokens."""
+
+    tokens: tuple[int, ...]
+    loss_mask: tuple[float, ...]
+
+
+def collect_training_data(
+    trees: Sequence[SearchTree], correct_reward: float
+) -> tuple[list[Trace], list[tuple[list[int], float]]]:
+    """(policy traces, value samples) of searched trees; traces deduplicated by tokens."""
+    traces: dict[tuple[int, ...], Trace] = {}
+    samples = []
+    for tree in trees:
+        for node_id in tree.done_nodes():
+            if tree.correct(node_id, correct_reward):
+                tokens, mask = tree.trace(node_id)
+                traces.setdefault(tuple(tokens), Trace(tuple(tokens), tuple(mask)))
+        for node_id, value in tree.value_targets(correct_reward).items():
+            samples.append((tree.context(node_id), value))
+    return list(traces.values()), samples
+
+
+def tree_from_solutions(
+    task, prompt_tokens: list[int], solutions: Sequence[Sequence[Sequence[int]]], rewards
+) -> SearchTree:
+    """A tree merging solutions given as token steps (shared prefixes share nodes); the last
+    step of solution i is done with reward rewards[i]. Value targets of such trees are the
+    paper's D_V0 labels for a first value model (correct steps k/K, wrong ones decaying)."""
+    tree = SearchTree(task, prompt_tokens)
+    for steps, reward in zip(solutions, rewards, strict=True):
+        node_id = 0
+        for k, step in enumerate(steps):
+            last = k == len(steps) - 1
+            match = [
+                c
+                for c in tree.nodes[node_id].children
+                if tree.nodes[c].step_tokens == tuple(step) and tree.nodes[c].done == last
+            ]
+            if match:
+                node_id = match[0]
+            else:
+                node = Node(parent=node_id, depth=0, step_tokens=tuple(step), done=last)
+                node.reward = float(reward) if last else 0.0
+                node_id = tree.add_child(node_id, node)
+    return tree
+
+
+def _pad(rows: Sequence[Sequence], width: int, fill) -> np.ndarray:
+    out = np.full((len(rows), width), fill, np.asarray(fill).dtype)
+    for b, row in enumerate(rows):
+        out[b, : len(row)] = row
+    return out
+
+
+def _fit(
+    model: nnx.Module,
+    loss_fn: Callable,
+    batches: Callable[[int], dict[str, np.ndarray]],
+    steps: int,
+    learning_rate: float,
+) -> list[float]:
+    """`steps` Adam updates of model's nnx.Params on batches(step); returns the losses."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = optax.adam(learning_rate)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def update(params, opt_state, batch):
+        def loss(p):
+            return loss_fn(nnx.merge(graphdef, p, rest), batch)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    losses = []
+    for step in range(steps):
+        batch = {k: jnp.asarray(v) for k, v in batches(step).items()}
+        params, opt_state, value = update(params, opt_state, batch)
+        losses.append(float(value))
+    nnx.update(model, params)
+    return losses
+
+
+def fit_policy(
+    model: nnx.Module,
+    traces: Sequence[Trace],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    pad_id: int,
+    seed: int = 0,
+) -> list[float]:
+    """SFT on traces (masked next-token NLL, `prm.trainers.sft.next_token_loss`); losses."""
+    if not traces:
+        raise ValueError("fit_policy() got no traces; the search found no verified solution.")
+    width = _bucket(max(len(t.tokens) for t in traces))
+    rng = np.random.default_rng(seed)
+
+    def batches(step):
+        pick = [traces[i] for i in rng.integers(0, len(traces), batch_size)]
+        return {
+            "tokens": _pad([t.tokens for t in pick], width, np.int32(pad_id)),
+            "loss_mask": _pad([t.loss_mask for t in pick], width, np.float32(0)),
+            "input_mask": _pad([[True] * len(t.tokens) for t in pick], width, np.bool_(False)),
+        }
+
+    return _fit(model, lambda m, b: next_token_loss(m, b)[0], batches, steps, learning_rate)
+
+
+def value_loss(model: ScalarHeadModel, batch: dict[str, jax.Array]) -> jax.Array:
+    """mean_b (V_θ(prefix_b) − target_b)², V_θ read at each prefix's last token."""
+    scores = model(batch["tokens"], batch["input_mask"])
+    last = jnp.sum(batch["input_mask"], axis=1) - 1
+    predicted = scores[jnp.arange(scores.shape[0]), last]
+    return jnp.mean(jnp.square(predicted - batch["targets"]))
+
+
+def fit_value(
+    model: ScalarHeadModel,
+    samples: Sequence[tuple[Sequence[int], float]],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    pad_id: int,
+    seed: int = 0,
+) -> list[float]:
+    """MSE regression of the value model onto (prefix, v) samples; returns the losses."""
+    if not samples:
+        raise ValueError("fit_value() got no samples; no searched tree had a verified answer.")
+    width = _bucket(max(len(c) for c, _ in samples))
+    rng = np.random.default_rng(seed)
+
+    def batches(step):
+        pick = [samples[i] for i in rng.integers(0, len(samples), batch_size)]
+        return {
+            "tokens": _pad([c for c, _ in pick], width, np.int32(pad_id)),
+            "input_mask": _pad([[True] * len(c) for c, _ in pick], width, np.bool_(False)),
+            "targets": np.asarray([v for _, v in pick], np.float32),
+        }
+
+    return _fit(model, value_loss, batches, steps, learning_rate)
