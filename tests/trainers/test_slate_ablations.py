@@ -14,6 +14,7 @@ from prm.judges import Judgement, JudgeStats, think_text
 from prm.metrics.qa import exact_match
 from prm.models import from_pretrained
 from prm.registry import TRAINERS
+from prm.training.loop import SHIPPED_WARM_STARTS, warm_start_name
 from prm.trainers.slate import (
     SlateFullTrajectoryTrainer,
     SlateMCTrainer,
@@ -24,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MESH = jax.make_mesh((1,), ("data",))
 # The shipped SFT warm start of the default world: it writes valid steps and answers some
 # questions right, so rewards, values and advantages are not all ties.
-SFT = os.path.join(ROOT, "prm", "assets", "warm_starts", "sft-c507a1908856", "hf")
+SFT = os.path.join(SHIPPED_WARM_STARTS, warm_start_name(slate.get_config().warm_start), "hf")
 EPS = 1e-6
 
 
