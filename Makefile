@@ -23,7 +23,7 @@ train: venv
 # their own process (they simulate 8 CPU devices, which must happen before JAX starts).
 test: venv
 ifeq ($(strip $(ARGS)),)
-	$(PY) -m pytest -q -m "not slow" --ignore=tests/multidevice
+	$(PY) -m pytest -q -m "not slow" --durations=15 --ignore=tests/multidevice
 	$(PY) -m pytest -q -m "not slow" tests/multidevice
 else
 	$(PY) -m pytest -q $(ARGS)
