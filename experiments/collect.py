@@ -79,10 +79,6 @@ from prm.rollouts.step_labels import (
 )
 from prm.sampling import Sampler, SamplingParams
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/math_shepherd.py or omegaprm.py")
-_OUT = flags.DEFINE_string("out", None, "Directory for the datasets and summary.json.")
-flags.mark_flags_as_required(["config", "out"])
-
 
 def load_policy(warm_start: Any) -> tuple[Any, Any]:
     """(model, tokenizer) of the warm-start run's HF export, training it first if needed."""
@@ -356,9 +352,8 @@ def write(records: list[dict], path_stem: str, fmt: str) -> str:
     return path
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    config, out = _CONFIG.value, _OUT.value
+def run(config: Any, out: str) -> dict[str, Any]:
+    """Collects the step labels of `config` into `out`; returns the summary."""
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     completer = make_completer(config)
@@ -377,7 +372,20 @@ def main(argv: Sequence[str]) -> None:
         json.dump(summary, f, indent=2, default=float)
     print(json.dumps(summary, indent=2, default=float))
     print("wrote", ", ".join(written) or "no rows")
+    return summary
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run(_CONFIG.value, _OUT.value)
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so tests can import several experiments.
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "configs/math_shepherd.py or omegaprm.py"
+    )
+    _OUT = flags.DEFINE_string("out", None, "Directory for the datasets and summary.json.")
+    flags.mark_flags_as_required(["config", "out"])
     app.run(main)

@@ -53,9 +53,6 @@ from prm.search.self_train import (
 )
 from prm.training.state import model_config_from
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/rest_mcts.py", "Experiment config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json goes.")
-
 
 def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
@@ -270,4 +267,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so tests can import several experiments.
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", "configs/rest_mcts.py", "Experiment config."
+    )
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json goes.")
     app.run(main)

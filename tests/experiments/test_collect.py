@@ -4,6 +4,8 @@ ones), and one end-to-end smoke run with a real (smoke) warm start."""
 
 import json
 import os
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -13,6 +15,8 @@ from configs import math_shepherd as math_shepherd_config
 from configs import omegaprm as omegaprm_config
 from experiments import collect
 from tests.helpers.chain_oracle import OracleCompleter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def oracle_config(module, **overrides):
@@ -83,14 +87,15 @@ def test_omegaprm_rows_pairs_and_summary(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path, monkeypatch):
-    from absl.testing import flagsaver
-
+    # As typed in README (with the smoke option): the absl program, its config file and --out.
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    with flagsaver.flagsaver(
-        (collect._CONFIG, math_shepherd_config.get_config("smoke")), (collect._OUT, str(out))
-    ):
-        collect.main([])
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.collect", "--config=configs/math_shepherd.py:smoke",
+         f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "math_shepherd" and summary["solutions"] == 6
     assert os.path.isfile(out / "steps.jsonl")

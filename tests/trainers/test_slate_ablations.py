@@ -14,12 +14,12 @@ from prm.judges import Judgement, JudgeStats, think_text
 from prm.metrics.qa import exact_match
 from prm.models import from_pretrained
 from prm.registry import TRAINERS
-from prm.training.loop import SHIPPED_WARM_STARTS, warm_start_name
 from prm.trainers.slate import (
     SlateFullTrajectoryTrainer,
     SlateMCTrainer,
     full_trajectory_advantages,
 )
+from prm.training.loop import SHIPPED_WARM_STARTS, warm_start_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = jax.make_mesh((1,), ("data",))
