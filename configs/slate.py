@@ -18,11 +18,12 @@ The policy is the SFT warm start of `configs/sft.py`, shipped with prm (`prm/ass
 were its config changed, it is trained once into `~/.cache/prm/warm_starts/`, ~14 min on 2 CPU
 cores). The default run: 8 questions per step × up to
 B·k = 20 siblings each (rows padded to a multiple of 8·k), 60 steps, held-out EM at steps 0, 30
-and 60. Measured on 2 CPU cores from the SFT start (2026-12-01): 60 steps in 3 min 51 s with the
-cores to itself (3.7 s per step, nearly all of it the update; sampling, retrieval and judging
-< 1 s), ~9 s per step with the cores shared; ~2.7 judged steps per question, < 1 % invalid
-siblings, ~50 % tied groups. Held-out EM at step 60: 0.451 (seed 0; 0.426 ± 0.022 over 3 seeds,
-from 0.484 at the start — docs/RESULTS.md).
+and 60, on the world's "rl" questions (never seen by the warm start). Measured on 2 CPU cores
+(2026-12-01, first warm start): 60 steps in 3 min 51 s with the cores to itself (3.7 s per step,
+nearly all of it the update; sampling, retrieval and judging < 1 s), ~9 s per step with the
+cores shared; ~2.7 judged steps per question, < 1 % invalid siblings, ~50 % tied groups.
+Held-out EM (2026-12-02, lr 1e-4): 0.254 at the start, 0.287 at step 60 with seed 0 (what
+`make train` prints), 0.279 ± 0.008 over 3 seeds — docs/RESULTS.md.
 
 The SFT policy writes no `<think>` (its demonstrations have none), so every sibling's reasoning
 scores −1 (empty) and that term cancels in Eq. 5: the signal is the query and answer scores.

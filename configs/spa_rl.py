@@ -7,7 +7,7 @@ every step a contribution c_t, trained only by regressing Σ_t c_t onto the traj
 critic (another scalar-head copy of the SFT policy), GAE (γ = 1, λ = 0.95), whitened advantages,
 clipped value loss (0.2), PPO clip 0.2 (dual clip 3) + k3 KL 0.001 to the frozen initial policy
 trains the policy. Everything else is Search-R1's comparison setting (`configs/search_r1.py`):
-8 questions × 5 trajectories per step with BM25 in the loop, EM outcome, constant lr 3e-4 for
+8 questions × 5 trajectories per step with BM25 in the loop, EM outcome, constant lr 1e-4 for
 the policy, 150 steps, held-out EM at steps 0, 50, 100 and 150. The first 20 steps are the
 paper's exploration phase: the SFT policy's rollouts train the estimator and the critic while
 the policy does not move. Launch:

@@ -7,7 +7,7 @@ score at the last token (−1 unless the answer ends the response). The gold pas
 search keys come from each question's gold chain (`prm.trainers.step_search`). The rest is
 `configs/search_r1.py`'s, so the two compare side by side: the same SFT warm start, 8 questions
 × 5 trajectories per step with the BM25 retriever, PPO clip 0.2 (dual clip 3) + k3 KL 0.001 to
-the frozen initial policy, observation tokens masked, one update per batch, policy lr 3e-4.
+the frozen initial policy, observation tokens masked, one update per batch, policy lr 1e-4.
 The critic is a copy of the warm start with a zeroed scalar head (verl initialises its critic
 from the actor). Launch:
 
