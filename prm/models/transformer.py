@@ -199,7 +199,21 @@ def _apply_layer(layer: DecoderLayer, *args):
     return layer(*args)
 
 
-_remat_layer = nnx.remat(_apply_layer)
+def _remat_layer(layer: DecoderLayer, *args):
+    """`layer(*args)` with its activations recomputed in the backward pass (gradient
+    checkpointing): `jax.checkpoint` over a pure function of the layer's state.
+
+    Not `nnx.remat`: that writes the traced state back into the caller's Variables, which fails
+    (flax TraceContextError) when they were built at another trace level, as in a jitted LoRA
+    step whose frozen base weights enter at the jit level and whose adapters at the grad level.
+    The layer has no state that its forward updates, so nothing needs writing back.
+    """
+    graphdef, state = nnx.split(layer)
+
+    def apply(state, *args):
+        return nnx.merge(graphdef, state)(*args)
+
+    return jax.checkpoint(apply)(state, *args)
 
 
 class Transformer(nnx.Module):

@@ -10,6 +10,8 @@ from flax import nnx
 
 from prm.models import KVCache, ModelConfig, Transformer
 from prm.models.transformer import grouped_attention
+from prm.training.lora import apply_lora
+from prm.training.optim import trainable_filter
 from tests.helpers.tiny_models import FAMILIES, tiny_config
 
 
@@ -324,3 +326,30 @@ def test_remat_gives_the_same_forward_and_gradients():
     assert "remat" not in grad_jaxpr(plain)
     # The HF config written for a checkpoint does not carry the training switch.
     assert "remat" not in remat.config.to_hf()
+
+
+def test_remat_lora_adapter_gradients_in_a_jitted_step_match_plain():
+    # As in `prm.training.update`: the frozen base weights enter the jitted step as an argument,
+    # the gradient is over the LoRA adapters only and the model is merged inside the loss.
+    def step(remat: bool):
+        config = dataclasses.replace(tiny_config("qwen2"), remat=remat)
+        model = Transformer(config, rngs=nnx.Rngs(0))
+        apply_lora(model, rank=2, alpha=4.0, seed=0)
+        graphdef, adapters, frozen = nnx.split(model, trainable_filter(lora=True), ...)
+        # lora_b starts at zero, which would leave lora_a without a gradient.
+        adapters = jax.tree.map(lambda x: x + 0.05, adapters)
+        ids, mask = _tokens(9, (2, 6)), np.array([[True] * 6, [False, False] + [True] * 4])
+
+        def loss(adapters, frozen):
+            logits = nnx.merge(graphdef, adapters, frozen)(ids, mask)[0]
+            return jnp.mean(jnp.square(logits))
+
+        return jax.jit(jax.value_and_grad(loss))(adapters, frozen)
+
+    (loss_plain, grads_plain), (loss_remat, grads_remat) = step(False), step(True)
+    np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-6)
+    leaves_plain, leaves_remat = jax.tree.leaves(grads_plain), jax.tree.leaves(grads_remat)
+    assert len(leaves_plain) == 2 * 7 * tiny_config("qwen2").num_layers  # lora_a, lora_b × 7
+    assert all(np.abs(g).max() > 0 for g in leaves_plain)
+    for a, b in zip(leaves_remat, leaves_plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -5,7 +5,9 @@ The paper option is run as typed (`python -m experiments.train`), with overrides
 the local pieces and shrink it to 2 steps; the architecture comes from the checkpoint's
 config.json (`model.init_from`), so the Qwen2.5-3B shape in the config is not built. LoRA, the
 LoRA-off reference, the HTTP judge, the retriever client and the chat template are the paper
-option's own; float32 without remat keeps XLA's CPU compile short (bfloat16 decode takes minutes).
+option's own, and so is remat (LoRA adapters' gradients through `jax.checkpoint`ed layers);
+float32 keeps XLA's CPU compile short (bfloat16 decode takes minutes). SLATE pads a step's rows to
+a multiple of batch_size × k = 4 (4 or 8 here), so micro-batches are 4 rows, not the option's 8.
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ def checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_paper_option_trains_and_evaluates_against_local_servers(tmp_path, checkpoint, monkeypatch):
-    monkeypatch.setattr(test_http, "MAX_STUB_LIFETIME_S", 600.0)  # the run starts JAX first
+    monkeypatch.setattr(test_http, "MAX_STUB_LIFETIME_S", 1200.0)  # the run starts JAX first
     judge = test_http.ChatStub()
     served = RecordingRetriever()
-    retriever = RetrievalServer(served, max_lifetime_s=600).start()
+    retriever = RetrievalServer(served, max_lifetime_s=1200).start()
     train = write_rows(tmp_path / "train.parquet", "train")
     test = write_rows(tmp_path / "test.parquet", "test")
     workdir = tmp_path / "run"
@@ -101,11 +103,12 @@ def test_paper_option_trains_and_evaluates_against_local_servers(tmp_path, check
                 "--config.eval.qa.max_step_tokens=6",
                 "--config.model.dtype=float32",
                 "--config.model.param_dtype=float32",
-                "--config.model.remat=False",
+                "--config.model.remat=True",
+                "--config.updates.micro_batch_size=4",
                 "--config.progress=False",
                 f"--workdir={workdir}",
             ],
-            cwd=ROOT, capture_output=True, text=True, timeout=900,
+            cwd=ROOT, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
     finally:
         retriever.shutdown()
