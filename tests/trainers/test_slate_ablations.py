@@ -171,7 +171,7 @@ def test_full_trajectory_config_errors(tmp_path):
 
 
 def test_mc_values_are_the_mean_outcome_of_their_completions(tmp_path, policy, monkeypatch):
-    config = slate_mc.get_config("k=3,m=3,budget=3,questions=3,action_choice=constrained")
+    config = slate_mc.get_config("k=3,m=4,budget=3,questions=4,action_choice=constrained")
     trainer = SlateMCTrainer(config, MESH, str(tmp_path))
     assert trainer.judge is None
     envs = []
@@ -182,7 +182,7 @@ def test_mc_values_are_the_mean_outcome_of_their_completions(tmp_path, policy, m
     # envs[0] plays the episodes; then one env per step holds that step's completions:
     # episode (q·k + j)·m + i is completion i of sibling j of question q.
     completion_envs = iter(envs[1:])
-    kinds, k, m = set(), 3, 3
+    kinds, k, m = set(), 3, 4
     for t in sorted({g.step for g in played.groups}):
         episodes = next(completion_envs).episodes
         assert len(episodes) == len(questions) * k * m  # the same shape at every step
