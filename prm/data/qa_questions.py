@@ -21,9 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from prm.data.source import host_rows
+from prm.data.source import QuestionBatches
 from prm.envs.protocol import (
     COMPACT_TEMPLATE,
     SEARCH_R1_TEMPLATE,
@@ -42,37 +40,6 @@ TEMPLATES = {
     "search_r1_upstream": SEARCH_R1_UPSTREAM_TEMPLATE,
     "compact": COMPACT_TEMPLATE,
 }
-
-
-class QuestionBatches:
-    """Batches of `batch_size` (global) items of `self.questions`, epoch by epoch in an order
-    fixed by (seed, epoch); this host's rows of each. Subclasses set `questions` and call
-    `_start`. (The same order as `prm.data.questions.WorldQuestionSource`.)"""
-
-    questions: Sequence[Any]
-
-    def _start(self, batch_size: int, seed: int, process_index: int, process_count: int) -> None:
-        self.batch_size, self.seed = batch_size, seed
-        self.rows = host_rows(batch_size, process_index, process_count)
-        self.epoch, self.index = 0, 0
-
-    def __iter__(self) -> QuestionBatches:
-        return self
-
-    def __next__(self) -> list[Any]:
-        if (self.index + 1) * self.batch_size > len(self.questions):
-            self.epoch, self.index = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.questions))
-        start = self.index * self.batch_size
-        self.index += 1
-        batch = [self.questions[i] for i in order[start : start + self.batch_size]]
-        return batch[self.rows]
-
-    def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 @dataclasses.dataclass(frozen=True)

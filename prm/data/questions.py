@@ -13,11 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from prm.data.source import host_rows
+from prm.data.source import QuestionBatches
 from prm.envs.assets import WorldAssets, load_world_assets, world_config_from
-from prm.envs.synthetic_world import Question
 from prm.registry import DATASETS
 
 # Trainer split name -> world split; "train" reads `train_split`.
@@ -25,7 +22,7 @@ WORLD_SPLITS = {"train": "rl", "eval": "dev", "test": "test"}
 
 
 @DATASETS.register("world_questions")
-class WorldQuestionSource:
+class WorldQuestionSource(QuestionBatches):
     """Batches of `batch_size` (global) questions of the world's `split`.
 
     `seq_len`, `env` and `expert` are not used to draw questions; they describe the episodes
@@ -71,29 +68,9 @@ class WorldQuestionSource:
                 f"The {split} split has {len(self.questions)} questions, fewer than "
                 f"batch_size={batch_size}; lower data.batch_size."
             )
-        self.batch_size, self.seed = batch_size, seed
-        self.rows = host_rows(batch_size, process_index, process_count)
-        self.epoch, self.index = 0, 0
+        self._start(batch_size, seed, process_index, process_count)
 
     @property
     def tokenizer(self):
         """The world's tokenizer (saved with the trained policy's HF export)."""
         return self.assets.tokenizer
-
-    def __iter__(self) -> WorldQuestionSource:
-        return self
-
-    def __next__(self) -> list[Question]:
-        if (self.index + 1) * self.batch_size > len(self.questions):
-            self.epoch, self.index = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.questions))
-        start = self.index * self.batch_size
-        self.index += 1
-        batch = [self.questions[i] for i in order[start : start + self.batch_size]]
-        return batch[self.rows]
-
-    def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])

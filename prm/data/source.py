@@ -15,7 +15,7 @@ Sources are registered in `prm.registry.DATASETS` and built from the config bloc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -56,3 +56,34 @@ def make_data_source(data_config: Mapping[str, Any], split: str = "train") -> Da
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+
+
+class QuestionBatches:
+    """Batches of `batch_size` (global) items of `self.questions`, epoch by epoch in an order
+    fixed by (seed, epoch); this host's rows of each. Subclasses set `questions` and call
+    `_start`. Used by the world's and the datasets' question sources."""
+
+    questions: Sequence[Any]
+
+    def _start(self, batch_size: int, seed: int, process_index: int, process_count: int) -> None:
+        self.batch_size, self.seed = batch_size, seed
+        self.rows = host_rows(batch_size, process_index, process_count)
+        self.epoch, self.index = 0, 0
+
+    def __iter__(self) -> QuestionBatches:
+        return self
+
+    def __next__(self) -> list[Any]:
+        if (self.index + 1) * self.batch_size > len(self.questions):
+            self.epoch, self.index = self.epoch + 1, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.questions))
+        start = self.index * self.batch_size
+        self.index += 1
+        batch = [self.questions[i] for i in order[start : start + self.batch_size]]
+        return batch[self.rows]
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
