@@ -83,6 +83,9 @@ def _kill_and_resume(tmp_path, flags):
     return straight, killed
 
 
+# A subprocess killed mid-run (~40-55 s); the in-process resume tests of tests/training/test_loop.py
+# run in the default suite.
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     straight, _ = _kill_and_resume(tmp_path, FLAGS)
     evaluated = _run([f"--workdir={straight}"], module="experiments.eval")
@@ -163,6 +166,9 @@ def test_command_line_mistakes_are_one_line_with_the_remedy(mistakes, typed, exp
     assert sorted(os.listdir(tmp)) == ["a_file"]  # nothing was created
 
 
+# A subprocess killed mid-run (~40-55 s); the in-process resume tests of tests/training/test_loop.py
+# run in the default suite.
+@pytest.mark.slow
 def test_sigkill_and_resume_with_reference_and_value_part_is_bitwise_identical(tmp_path):
     # A frozen reference (a copy), a trainable value part with its own optimiser, and host
     # metrics drawn from the rollout key (tests/helpers/parts_trainer.py).

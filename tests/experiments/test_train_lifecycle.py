@@ -88,6 +88,7 @@ def test_relative_workdir_sigterm_and_rerun_lose_no_metrics(tmp_path, relative_w
     assert "== Run finished: step 40 of 40 ==" in resumed.stdout
 
 
+@pytest.mark.slow  # ~26 s; the SIGTERM rerun test above covers metrics in the default suite
 def test_rerun_after_sigkill_keeps_replaced_lines(tmp_path):
     workdir = str(tmp_path / "w")
     victim = subprocess.Popen(
