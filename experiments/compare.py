@@ -9,8 +9,9 @@ and an interrupted sweep resumes: a finished run — final step checkpointed and
 skipped, an unfinished one resumes from its checkpoint). Config options after a colon are kept
 (`configs/slate.py:judge_error=0.2` → run name `slate-judge_error=0.2`), several of them too:
 `--configs=configs/slate.py:k=2,eta=argmax,configs/slate.py:k=8` is two configs (an item that
-names no `.py` file continues the config before it). Then it reads every
-run's metrics.jsonl and writes into `<results>`:
+names no `.py` file continues the config before it). Then it reads the
+metrics.jsonl of every finished run (an unfinished one is named and left out) and writes into
+`<results>`:
 
     results.md / results.csv   held-out EM (mean ± std over seeds) per question type, at the
                                start (step 0) and the end, with sampled policy tokens, judge
@@ -200,21 +201,29 @@ def _plots(results: str, runs: dict[str, list[dict[str, object]]]) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    results = os.path.abspath(os.path.expanduser(_RESULTS.value))
+def run_and_report(configs: Sequence[str], seeds: int, results: str, only_report: bool) -> str:
+    """Trains each (config, seed) that is not finished (unless `only_report`), then writes the
+    tables and plots of the finished runs into `results`; returns the markdown table."""
+    results = os.path.abspath(os.path.expanduser(results))
     os.makedirs(os.path.join(results, "runs"), exist_ok=True)
     runs: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for config in config_specs(_CONFIGS.value):
-        for seed in range(_SEEDS.value):
+    for config in config_specs(configs):
+        for seed in range(seeds):
             workdir = os.path.join(results, "runs", f"{run_name(config)}-seed{seed}")
-            if not _ONLY_REPORT.value:
+            if not only_report:
                 train(config, seed, workdir)
-            records = read_metrics(workdir)
-            if records:
-                runs[run_name(config)].append(summarize_run(records))
-    print(write_report(results, runs))
+            if is_finished(workdir):
+                runs[run_name(config)].append(summarize_run(read_metrics(workdir)))
+            elif os.path.exists(workdir):  # its last evaluation is not the run's end
+                print(f"[compare] {workdir}: not finished, left out of the tables", flush=True)
+    table = write_report(results, runs)
     print(f"[compare] tables and plots in {results}")
+    return table
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    print(run_and_report(_CONFIGS.value, _SEEDS.value, _RESULTS.value, _ONLY_REPORT.value))
 
 
 if __name__ == "__main__":

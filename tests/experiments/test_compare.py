@@ -74,3 +74,11 @@ def test_unfinished_run_is_not_skipped(tmp_path):
     workdir = tmp_path / "w"
     _write_run(workdir, _records(0.1, 0.2, 10.0)[:3], total_steps=2)
     assert not compare.is_finished(str(workdir))
+
+
+def test_report_leaves_unfinished_runs_out(tmp_path, capsys):
+    _write_run(tmp_path / "runs" / "m-seed0", _records(0.4, 0.5, 100.0), total_steps=2)
+    _write_run(tmp_path / "runs" / "m-seed1", _records(0.4, 0.9, 100.0)[:3], total_steps=2)
+    table = compare.run_and_report(["configs/m.py"], 2, str(tmp_path), only_report=True)
+    assert "m-seed1: not finished, left out of the tables" in capsys.readouterr().out
+    assert "| m | 1 | end | 0.500 ± 0.000 |" in table  # seed 1's step-0 EM is not its end
