@@ -71,7 +71,8 @@ def step_end_logits(
     scores: jax.Array, step_id: jax.Array, num_steps: int
 ) -> tuple[jax.Array, jax.Array]:
     """(logit of each step, step present), `[B, S]`: a per-token score `[B, T]` read at the last
-    token of each step (steps by `step_id`, −1 = no step)."""
+    token of each step (steps by `step_id`, −1 = no step; a step's tokens are contiguous, as a
+    turn's are)."""
     return step_rewards(jnp.where(step_end_mask(step_id), scores, 0.0), step_id, num_steps)
 
 
