@@ -22,7 +22,7 @@ A step is a turn of the policy (a search or the answer): the world's turns have 
 positions and the env verifies only the final answer, so MC completions (which need only an
 outcome check) label them, and no step text heuristic is needed. Policy compute is counted in
 sampled episodes and sampled tokens; the defaults put both label sets at about the same number
-of sampled tokens (the script prints both).
+of sampled tokens (4,133 and 4,131 in docs/RESULTS.md's run; the script prints both).
 
 Evaluation: the SFT model samples `--n` episodes for each of `--test_questions` held-out
 questions; both PRMs score the same candidates and `prm.evaluation.best_of_n` tabulates EM of the
@@ -304,10 +304,10 @@ if __name__ == "__main__":
     for name, default, help_ in (
         ("train_questions", 32, "Implicit PRM: train questions."),
         ("k", 8, "Implicit PRM: episodes per question."),
-        ("ms_questions", 16, "Math-Shepherd: train questions (disjoint from the implicit's)."),
+        ("ms_questions", 30, "Math-Shepherd: train questions (disjoint from the implicit's)."),
         ("ms_solutions", 2, "Math-Shepherd: labelled episodes per question."),
         ("ms_completions", 4, "Math-Shepherd: completions per step prefix."),
-        ("steps", 40, "Optimizer steps of each PRM."),
+        ("steps", 30, "Optimizer steps of each PRM."),
         ("batch", 32, "Rows per optimizer step."),
         ("test_questions", 64, "Held-out questions."),
         ("n", 16, "Candidates per held-out question."),
