@@ -35,7 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from prm.metrics.qa import normalize_answer
-from prm.rewards.implicit import best_of_n, response_scores, step_rewards, weighted_majority_vote
+from prm.rewards.implicit import (
+    best_of_n,
+    ce_loss,
+    response_scores,
+    sequence_rewards,
+    step_rewards,
+    weighted_majority_vote,
+)
 
 AGGREGATIONS = ("min", "sum", "last")
 BASELINES = ("random", "majority", "oracle")
@@ -98,6 +105,44 @@ def powers_of_two_up_to(n: int) -> list[int]:
     return [2**i for i in range(int(np.log2(n)) + 1)] + ([] if n & (n - 1) == 0 else [n])
 
 
+def sample_candidates(
+    world_trainer: Any, generator: Any, questions: Sequence[Any], n: int, seed: int
+) -> Any:
+    """`n` sampled episodes of `generator` per question (a `TrajectoryBatch`, rows question-major);
+    `world_trainer` (a `WorldRLTrainer`) supplies the env, tokenizer and rollout settings."""
+    from prm.rollouts import rollout  # noqa: PLC0415
+    from prm.sampling import Sampler  # noqa: PLC0415
+
+    tokenizer = world_trainer.assets.tokenizer
+    config = dataclasses.replace(world_trainer.rollout_config, group_size=n)
+    return rollout(
+        Sampler(generator, pad_token_id=tokenizer.pad_token_id), world_trainer.make_env(),
+        tokenizer, world_trainer.tasks(list(questions)), config, key=jax.random.PRNGKey(seed),
+    )  # fmt: skip
+
+
+def implicit_scores(
+    prm: Any,
+    reference: Any,
+    tokenizer: Any,
+    trajectories: Any,
+    *,
+    beta: float,
+    delimiters: Sequence[str],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(every `candidate_scores` score `[B]`, response rewards r(y) `[B]`) of the implicit PRM on
+    `trajectories`: one PRM and one reference forward for the whole batch."""
+    from prm.trainers.implicit_prm import implicit_token_rewards, step_ids  # noqa: PLC0415
+
+    steps = step_ids(tokenizer, trajectories, delimiters)
+    rewards, _ = implicit_token_rewards(
+        prm, reference, trajectories.tokens, trajectories.input_mask, steps >= 0, beta
+    )
+    step_values, step_mask = step_rewards(rewards, jnp.asarray(steps), max(int(steps.max()) + 1, 1))
+    totals = np.asarray(sequence_rewards(rewards, jnp.asarray(steps >= 0)))
+    return candidate_scores(np.asarray(step_values), np.asarray(step_mask)), totals
+
+
 def best_of_n_table(
     world_trainer: Any,
     prm: Any,
@@ -116,34 +161,17 @@ def best_of_n_table(
     `generator` samples the candidates, `prm` and `reference` score them. PRM metrics: CE of the
     response rewards against EM and PRIME's pairwise accuracy on mixed groups.
     """
-    from prm.rewards.implicit import ce_loss, sequence_rewards  # noqa: PLC0415
-    from prm.rollouts import rollout  # noqa: PLC0415
-    from prm.sampling import Sampler  # noqa: PLC0415
-    from prm.trainers.implicit_prm import (  # noqa: PLC0415
-        implicit_token_rewards,
-        pairwise_prm_accuracy,
-        step_ids,
-    )
+    from prm.trainers.implicit_prm import pairwise_prm_accuracy  # noqa: PLC0415
 
-    tokenizer = world_trainer.assets.tokenizer
-    config = dataclasses.replace(world_trainer.rollout_config, group_size=n)
-    trajectories = rollout(
-        Sampler(generator, pad_token_id=tokenizer.pad_token_id), world_trainer.make_env(),
-        tokenizer, world_trainer.tasks(list(questions)), config, key=jax.random.PRNGKey(seed),
+    trajectories = sample_candidates(world_trainer, generator, questions, n, seed)
+    scores, totals = implicit_scores(
+        prm, reference, world_trainer.assets.tokenizer, trajectories,
+        beta=beta, delimiters=delimiters,
     )  # fmt: skip
-    steps = step_ids(tokenizer, trajectories, delimiters)
-    rewards, _ = implicit_token_rewards(
-        prm, reference, trajectories.tokens, trajectories.input_mask, steps >= 0, beta
-    )
-    step_values, step_mask = step_rewards(rewards, jnp.asarray(steps), max(int(steps.max()) + 1, 1))
-    scores = {
-        name: value.reshape(-1, n)
-        for name, value in candidate_scores(np.asarray(step_values), np.asarray(step_mask)).items()
-    }
     em = trajectories.em.reshape(-1, n)
     ids = answer_ids(trajectories.answers, n)
-    table = selection_accuracy(em, ids, scores, powers_of_two_up_to(n))
-    totals = np.asarray(sequence_rewards(rewards, jnp.asarray(steps >= 0)))
+    by_question = {name: value.reshape(-1, n) for name, value in scores.items()}
+    table = selection_accuracy(em, ids, by_question, powers_of_two_up_to(n))
     metrics = {
         "prm/heldout_ce": float(ce_loss(jnp.asarray(totals), jnp.asarray(trajectories.em))),
         "prm/heldout_pairwise_accuracy": pairwise_prm_accuracy(totals, trajectories.em, n),
