@@ -46,19 +46,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     opts = parse_arg(arg, smoke=False, steps=150, seed=0, k=4, beta=0.05, baseline="paper",
                      granularity="token", process_rewards=True, band_low=0.2,
                      band_high=0.8)  # fmt: skip
-    c = sft.rl_config("prime", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
-                      evaluations=3, questions=8)  # fmt: skip
+    c = sft.group_rl_config(
+        "prime", opts, group_size=opts.k,
+        accuracy_band=(opts.band_low, opts.band_high),  # both bounds inclusive
+        max_rounds=4,  # rounds of `data.batch_size` questions to fill the batch
+    )  # fmt: skip
     # PRIME sets the KL coefficient to 0 and uses no entropy bonus (notes §3.3, §3.5).
     c.policy_loss = policy_loss_block(recompute_old_logprobs=False, kl_coef=0.0)
-    c.rollout = ml_collections.ConfigDict(
-        {
-            "group_size": opts.k,
-            "accuracy_band": (opts.band_low, opts.band_high),  # both bounds inclusive
-            "max_rounds": 4,  # rounds of `data.batch_size` questions to fill the batch
-            "temperature": 1.0,
-            "max_step_tokens": 48,
-        }
-    )
     c.prime = ml_collections.ConfigDict(
         {
             "process_rewards": opts.process_rewards,  # False: outcome-only RLOO
@@ -75,12 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             {"prm": {"init": "policy", "head": "lm", "lr": 2 * c.optim.lr}}
         )
     if opts.smoke:
-        c.total_steps = 3
-        c.checkpoint_every = 2
-        c.eval_every = 3
-        c.data.batch_size = 2
-        c.rollout.group_size = 2
-        c.rollout.max_step_tokens = 16
         # A random-ish smoke policy rarely answers right: keep every group so the loop runs.
         c.rollout.accuracy_band = (0.0, 1.0)
         c.rollout.max_rounds = 1

@@ -32,16 +32,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     from configs.common import parse_arg
 
     opts = parse_arg(arg, smoke=False, steps=150, seed=0, reward="em")
-    c = sft.rl_config("search_r1", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
-                      evaluations=3, questions=8)  # fmt: skip
-    c.rollout = ml_collections.ConfigDict(
-        {"group_size": 5, "temperature": 1.0, "max_step_tokens": 48, "reward": opts.reward}
-    )
-    if opts.smoke:
-        c.total_steps = 3
-        c.checkpoint_every = 2
-        c.eval_every = 3
-        c.data.batch_size = 2
-        c.rollout.group_size = 2
-        c.rollout.max_step_tokens = 16
-    return c
+    return sft.group_rl_config("search_r1", opts, reward=opts.reward)

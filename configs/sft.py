@@ -152,3 +152,25 @@ def rl_config(trainer: str, *, smoke: bool, seed: int, steps: int, evaluations: 
     c.policy_loss = policy_loss_block(recompute_old_logprobs=False)
     c.eval.qa.expert = False
     return c
+
+
+def group_rl_config(trainer: str, opts: ml_collections.ConfigDict, group_size: int = 5,
+                    **rollout: object) -> ml_collections.ConfigDict:  # fmt: skip
+    """`rl_config` in Search-R1's comparison setting, shared by the trainers that play groups of
+    full trajectories (`configs/search_r1.py`, `spa_rl.py`, `step_search.py`, `prime.py`): 8
+    questions × `group_size` trajectories per step at temperature 1, steps of at most 48 tokens,
+    3 evaluations; `opts.smoke`: 3 steps of 2 questions × 2 trajectories, steps of 16 tokens.
+    `opts` holds smoke, seed and steps; `rollout` adds fields to the rollout block."""
+    c = rl_config(trainer, smoke=opts.smoke, seed=opts.seed, steps=opts.steps, evaluations=3,
+                  questions=8)  # fmt: skip
+    c.rollout = ml_collections.ConfigDict(
+        {"group_size": group_size, "temperature": 1.0, "max_step_tokens": 48, **rollout}
+    )
+    if opts.smoke:
+        c.total_steps = 3
+        c.checkpoint_every = 2
+        c.eval_every = 3
+        c.data.batch_size = 2
+        c.rollout.group_size = 2
+        c.rollout.max_step_tokens = 16
+    return c

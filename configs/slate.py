@@ -222,7 +222,7 @@ def paper_config(opts) -> ml_collections.ConfigDict:
         }
     )
     c.rollout = rollout_config(opts, max_step_tokens=500, forced_answer="\n<answer>")
-    # Greedy EM/F1 per data source on the eval files (`prm.evaluation.dataset_qa_metrics`).
+    # Greedy EM/F1 per data source on the eval files (`prm.evaluation.evaluate_dataset_config`).
     c.eval.qa = ml_collections.ConfigDict(
         {"split": "test", "max_questions": 0, "batch_size": 64, "max_step_tokens": 500,
          "forced_answer": c.rollout.forced_answer}

@@ -56,11 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     opts = parse_arg(arg, smoke=False, steps=150, seed=0, warmup=20, alpha=1.0, beta=0.5,
                      contributions="estimator", weighting="none")  # fmt: skip
-    c = sft.rl_config("spa_rl", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
-                      evaluations=3, questions=8)  # fmt: skip
-    c.rollout = ml_collections.ConfigDict(
-        {"group_size": 5, "temperature": 1.0, "max_step_tokens": 48}
-    )
+    c = sft.group_rl_config("spa_rl", opts)
     c.spa = ml_collections.ConfigDict(
         {
             "alpha": opts.alpha,
@@ -84,11 +80,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         }
     )
     if opts.smoke:
-        c.total_steps = 3
-        c.checkpoint_every = 2
-        c.eval_every = 3
-        c.data.batch_size = 2
-        c.rollout.group_size = 2
-        c.rollout.max_step_tokens = 16
         c.spa.warmup_steps = 1
     return c

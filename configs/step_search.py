@@ -50,11 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      information_gain=defaults.information_gain,
                      redundancy_penalty=defaults.redundancy_penalty,
                      search_key_coef=defaults.search_key_coef)  # fmt: skip
-    c = sft.rl_config("step_search", smoke=opts.smoke, seed=opts.seed, steps=opts.steps,
-                      evaluations=3, questions=8)  # fmt: skip
-    c.rollout = ml_collections.ConfigDict(
-        {"group_size": 5, "temperature": 1.0, "max_step_tokens": 48}
-    )
+    c = sft.group_rl_config("step_search", opts)
     c.reward = ml_collections.ConfigDict(
         {
             "step_scale": defaults.step_scale,
@@ -70,11 +66,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.parts = ml_collections.ConfigDict(
         {"value": {"init": "policy", "head": "scalar", "lr": opts.critic_lr}}
     )
-    if opts.smoke:
-        c.total_steps = 3
-        c.checkpoint_every = 2
-        c.eval_every = 3
-        c.data.batch_size = 2
-        c.rollout.group_size = 2
-        c.rollout.max_step_tokens = 16
     return c

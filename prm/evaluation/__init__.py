@@ -1,7 +1,7 @@
 """Evaluation of policies with real rollouts: QA EM/F1 tables per question type or benchmark."""
 
 from prm.evaluation.qa import (
-    dataset_qa_metrics,
+    evaluate_dataset_config,
     evaluate_policy,
     evaluate_world,
     evaluate_world_config,
@@ -12,12 +12,11 @@ from prm.evaluation.qa import (
     qa_metrics,
     summarize,
     tables_from_metrics,
-    world_qa_metrics,
     write_tables,
 )
 
 __all__ = [
-    "dataset_qa_metrics",
+    "evaluate_dataset_config",
     "evaluate_policy",
     "evaluate_world",
     "evaluate_world_config",
@@ -28,6 +27,5 @@ __all__ = [
     "qa_metrics",
     "summarize",
     "tables_from_metrics",
-    "world_qa_metrics",
     "write_tables",
 ]

@@ -232,6 +232,18 @@ def evaluate_world(
     return tables
 
 
+def evaluation_episodes(
+    base_env: EnvConfig, data: Mapping[str, Any], qa: Mapping[str, Any]
+) -> tuple[EnvConfig, RolloutConfig]:
+    """The episodes of a run's greedy evaluation: `data["env"]`'s fields over `base_env`, with
+    `qa["forced_answer"]` ("": none) before the final call, and steps of at most
+    `qa["max_step_tokens"]` tokens in `data["seq_len"]`."""
+    env = dataclasses.replace(
+        base_env, **{**dict(data["env"]), "forced_answer": qa["forced_answer"] or None}
+    )
+    return env, RolloutConfig(max_step_tokens=qa["max_step_tokens"], max_length=data["seq_len"])
+
+
 def evaluate_world_config(
     model: Transformer, data: Mapping[str, Any], qa: Mapping[str, Any]
 ) -> dict[str, list[dict[str, Any]]]:
@@ -241,9 +253,7 @@ def evaluate_world_config(
     assets = load_world_assets(
         world_config_from(data["world"]), data["cache_dir"] or None, data["vocab_size"]
     )
-    env = dataclasses.replace(
-        WORLD_ENV_CONFIG, **{**dict(data["env"]), "forced_answer": qa["forced_answer"] or None}
-    )
+    env, rollout_config = evaluation_episodes(WORLD_ENV_CONFIG, data, qa)
     return evaluate_world(
         model,
         assets.world,
@@ -251,64 +261,34 @@ def evaluate_world_config(
         assets.retriever,
         qa["split"],
         env,
-        RolloutConfig(max_step_tokens=qa["max_step_tokens"], max_length=data["seq_len"]),
+        rollout_config,
         ExpertConfig(**dict(data["expert"])) if qa["expert"] else None,
         max_questions=qa["max_questions"],
         batch_size=qa["batch_size"],
     )
 
 
-def world_qa_metrics(
-    model: Transformer,
-    data: Mapping[str, Any],
-    qa: Mapping[str, Any],
-    workdir: str | os.PathLike[str],
-    step: int,
-) -> dict[str, float]:
-    """`evaluate_world_config`, its tables written to `workdir/qa_<split>_step<step>.{md,csv}`
-    (process 0), returned as `flatten_tables` scalars — what a trainer's `evaluate` logs."""
-    import jax  # noqa: PLC0415 - keep this module importable without initialising JAX
-
-    tables = evaluate_world_config(model, data, qa)
-    if jax.process_index() == 0:
-        write_tables(tables, workdir, f"qa_{qa['split']}_step{step}")
-    return flatten_tables(tables)
-
-
-def dataset_qa_metrics(
-    model: Transformer,
-    data: Mapping[str, Any],
-    qa: Mapping[str, Any],
-    workdir: str | os.PathLike[str],
-    step: int,
-) -> dict[str, float]:
-    """Greedy EM/F1 per `data_source` on a "search_r1_questions" source's `qa["split"]` (its
-    `eval_files`; the first `qa["max_questions"]`, 0: all), played with the source's tokenizer,
-    retriever and prompt and the episodes of `data` (seq_len, env) with `qa["forced_answer"]`
-    before the final call; tables written as `world_qa_metrics` writes them."""
-    import jax  # noqa: PLC0415 - keep this module importable without initialising JAX
-
+def evaluate_dataset_config(
+    model: Transformer, data: Mapping[str, Any], qa: Mapping[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """The policy's table on a "search_r1_questions" source's `qa["split"]` (its `eval_files`;
+    the first `qa["max_questions"]`, 0: all), played with the source's tokenizer, retriever and
+    prompt and the episodes of `data` and `qa` (`evaluation_episodes` over `EnvConfig()`)."""
     from prm.data import make_data_source  # noqa: PLC0415 - the data package imports envs
 
     source = make_data_source(data, split=qa["split"])
-    examples = source.examples[: qa["max_questions"] or None]
-    env = dataclasses.replace(
-        EnvConfig(), **{**dict(data["env"]), "forced_answer": qa["forced_answer"] or None}
-    )
+    env, rollout_config = evaluation_episodes(EnvConfig(), data, qa)
     records = evaluate_policy(
         model,
         source.assets.tokenizer,
         source.assets.retriever,
-        examples,
+        source.examples[: qa["max_questions"] or None],
         env,
-        RolloutConfig(max_step_tokens=qa["max_step_tokens"], max_length=data["seq_len"]),
+        rollout_config,
         template=source.template,
         batch_size=qa["batch_size"],
     )
-    tables = {"policy": summarize(records)}
-    if jax.process_index() == 0:
-        write_tables(tables, workdir, f"qa_{qa['split']}_step{step}")
-    return flatten_tables(tables)
+    return {"policy": summarize(records)}
 
 
 def qa_metrics(
@@ -318,11 +298,20 @@ def qa_metrics(
     workdir: str | os.PathLike[str],
     step: int,
 ) -> dict[str, float]:
-    """What an RL trainer's `evaluate` logs for its question source `data["name"]`: the world's
-    split (`world_qa_metrics`) or a Search-R1 dataset's eval files (`dataset_qa_metrics`)."""
+    """What a trainer's `evaluate` logs for its question source `data["name"]`: greedy EM/F1
+    per group on a Search-R1 dataset's eval files ("search_r1_questions",
+    `evaluate_dataset_config`) or on the synthetic world's split (any other source,
+    `evaluate_world_config`), as `flatten_tables` scalars; the tables are written to
+    `workdir/qa_<split>_step<step>.{md,csv}` (process 0)."""
+    import jax  # noqa: PLC0415 - keep this module importable without initialising JAX
+
     if data["name"] == "search_r1_questions":
-        return dataset_qa_metrics(model, data, qa, workdir, step)
-    return world_qa_metrics(model, data, qa, workdir, step)
+        tables = evaluate_dataset_config(model, data, qa)
+    else:
+        tables = evaluate_world_config(model, data, qa)
+    if jax.process_index() == 0:
+        write_tables(tables, workdir, f"qa_{qa['split']}_step{step}")
+    return flatten_tables(tables)
 
 
 def flatten_tables(

@@ -1,13 +1,14 @@
 """What every RL trainer on the synthetic search world shares: questions, env, sampler settings,
 π_old/π_ref before the update, the PPO-clip + KL loss and greedy QA evaluation.
 
-A method is then only its `next_batch`: how it samples (full trajectories in groups, SLATE's
-step siblings, tree search) and how it turns rewards into per-token advantages. Config blocks
-read here (see `configs/search_r1.py`):
+A method is then only its `next_batch`: how it samples (full trajectories in groups,
+`play_groups`; SLATE's step siblings; tree search) and how it turns rewards into per-token
+advantages. Config blocks read here (see `configs/search_r1.py`):
 
     data        "world_questions" source: questions per step, world, seq_len, env, expert;
                 or "search_r1_questions": Search-R1 files, HF tokenizer, retriever URL, template
-    rollout     temperature, max_step_tokens (decode budget of one step)
+    rollout     temperature, max_step_tokens (decode budget of one step); group_size
+                (trajectories per question) for `play_groups`
     policy_loss `PolicyLossConfig` fields (clip, dual clip, ratio level, aggregation, KL)
     eval.qa     greedy held-out evaluation (`prm.evaluation.qa_metrics`)
 """
@@ -15,7 +16,8 @@ read here (see `configs/search_r1.py`):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -26,7 +28,7 @@ from prm.envs.expert import WORLD_ENV_CONFIG
 from prm.envs.protocol import COMPACT_TEMPLATE, QATask, SearchEnv
 from prm.envs.synthetic_world import Question
 from prm.evaluation import qa_metrics
-from prm.rollouts import RolloutConfig, TrajectoryBatch
+from prm.rollouts import RolloutConfig, TrajectoryBatch, rollout
 from prm.sampling import Sampler, SamplingParams
 from prm.training.policy_step import PolicyLossConfig, policy_loss, reference_logprobs
 from prm.training.trainer import Trainer
@@ -62,6 +64,39 @@ class WorldRLTrainer(Trainer):
     def tasks(questions: list[Question]) -> list[QATask]:
         return [QATask(q.text, q.answers) for q in questions]
 
+    def play_trajectories(
+        self,
+        models: Mapping[str, nnx.Module],
+        questions: Sequence[Question],
+        group_size: int,
+        rng: jax.Array,
+    ) -> TrajectoryBatch:
+        """`group_size` full trajectories per question, played with the retriever in the loop
+        (row q·group_size + j is trajectory j of `questions[q]`)."""
+        config = dataclasses.replace(self.rollout_config, group_size=group_size)
+        return rollout(
+            self.sampler(models), self.make_env(), self.assets.tokenizer,
+            self.tasks(questions), config, key=rng,
+        )  # fmt: skip
+
+    def play_groups(
+        self, models: Mapping[str, nnx.Module], rng: jax.Array
+    ) -> tuple[list[Question], TrajectoryBatch, dict[str, float]]:
+        """The source's next questions, `rollout.group_size` trajectories of each
+        (`play_trajectories`), and the rollout's metrics: EM, turns, time and throughput."""
+        questions = next(self.data)
+        started = time.perf_counter()
+        trajectories = self.play_trajectories(
+            models, questions, self.config.rollout.group_size, rng
+        )
+        seconds = time.perf_counter() - started
+        metrics = {
+            "exact_match": float(trajectories.em.mean()),
+            "turns": float(trajectories.num_turns.mean()),
+            **throughput_metrics(float(trajectories.loss_mask.sum()), seconds),
+        }
+        return questions, trajectories, metrics
+
     def prepare(
         self, models: Mapping[str, nnx.Module], batch: Mapping[str, jax.Array]
     ) -> dict[str, jax.Array]:
@@ -77,6 +112,15 @@ class WorldRLTrainer(Trainer):
         return qa_metrics(
             models["policy"], self.config.data, self.config.eval.qa, self.workdir, step
         )
+
+
+def throughput_metrics(sampled_tokens: float, seconds: float) -> dict[str, float]:
+    """How long a train step's sampling took and how many tokens it sampled, per second."""
+    return {
+        "rollout_time_s": seconds,
+        "sampled_tokens": sampled_tokens,
+        "sampled_tokens_per_s": sampled_tokens / seconds,
+    }
 
 
 def token_batch(trajectories: TrajectoryBatch, token_advantages: np.ndarray) -> dict[str, Any]:

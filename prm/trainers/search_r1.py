@@ -13,8 +13,6 @@ update is PPO-clip with a k3 KL to the frozen reference (`prm.training.policy_st
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +23,6 @@ from flax import nnx
 from prm.advantages import grpo_advantages
 from prm.registry import TRAINERS
 from prm.rewards.outcome import search_r1_format_reward
-from prm.rollouts import rollout
 from prm.trainers.rl import (
     WorldRLTrainer,
     advantage_variances,
@@ -51,25 +48,13 @@ class SearchR1Trainer(WorldRLTrainer):
     def next_batch(
         self, models: Mapping[str, nnx.Module], step: int, rng: jax.Array
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        questions = next(self.data)
-        started = time.perf_counter()
-        config = dataclasses.replace(self.rollout_config, group_size=self.group_size)
-        trajectories = rollout(
-            self.sampler(models), self.make_env(), self.assets.tokenizer,
-            self.tasks(questions), config, key=rng,
-        )  # fmt: skip
-        rollout_s = time.perf_counter() - started
+        questions, trajectories, played = self.play_groups(models, rng)
         rewards = self.rewards(trajectories, questions)
         advantages = np.asarray(grpo_advantages(rewards.reshape(-1, self.group_size))).reshape(-1)
         token_advantages = advantages[:, None] * trajectories.loss_mask
-        sampled = float(trajectories.loss_mask.sum())
         metrics = {
             "reward": float(rewards.mean()),
-            "exact_match": float(trajectories.em.mean()),
-            "turns": float(trajectories.num_turns.mean()),
-            "rollout_time_s": rollout_s,
-            "sampled_tokens": sampled,
-            "sampled_tokens_per_s": sampled / rollout_s,
+            **played,
             **advantage_variances(token_advantages, trajectories.step_id),
             **centred_advantage_variances(rewards.reshape(-1, self.group_size)),
         }

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from prm.data import make_data_source
-from prm.evaluation import world_qa_metrics
+from prm.evaluation import qa_metrics
 from prm.masked import masked_count, masked_mean, masked_sum
 from prm.registry import TRAINERS
 from prm.training.loop import ensure_warm_start
@@ -82,7 +82,7 @@ class SFTTrainer(Trainer):
         results = self._heldout_loss(model)
         if "qa" in self.config.eval:
             results.update(
-                world_qa_metrics(model, self.config.data, self.config.eval.qa, self.workdir, step)
+                qa_metrics(model, self.config.data, self.config.eval.qa, self.workdir, step)
             )
         return results
 

@@ -98,13 +98,14 @@ from prm.judges import (
     think_text,
 )
 from prm.registry import TRAINERS
-from prm.rollouts import EpisodeEnd, Trajectory, TrajectoryBatch, collate, rollout
+from prm.rollouts import EpisodeEnd, Trajectory, TrajectoryBatch, collate
 from prm.rollouts.rollout import play_open_rows
 from prm.sampling import FinishReason, Generation, Session
 from prm.trainers.rl import (
     WorldRLTrainer,
     advantage_variances,
     centred_advantage_variances,
+    throughput_metrics,
     token_batch,
 )
 
@@ -155,6 +156,23 @@ class StepGroup:
     chosen: int = -1  # the sibling that continues; −1: all invalid, the episode ended
     completions: np.ndarray | None = None  # float32[k, m]: EM of each MC completion (slate_mc)
     completion_tokens: int = 0  # tokens the MC completions sampled
+
+
+@dataclasses.dataclass
+class StepFrontier:
+    """Step t of a rollout once its siblings are sampled: what valuing them reads. Per question
+    q: whether its episode is still open (`live[q]`), its shared prefix (`contexts[q]`), the env's
+    results of its chosen steps (`paths[q]`) and the judge's view of them (`judge_paths[q]`);
+    `siblings[q·k + j]` is its sibling j (None unless live), row q·k + j of `session`."""
+
+    t: int
+    questions: Sequence[Question]
+    live: np.ndarray
+    siblings: list[Sibling | None]
+    session: Session
+    contexts: list[list[int]]
+    paths: list[list[StepResult]]
+    judge_paths: list[list[PathStep]]
 
 
 @dataclasses.dataclass
@@ -321,10 +339,10 @@ class SlateTrainer(WorldRLTrainer):
             sibling_keys = row_keys(jax.random.fold_in(step_key, _SIBLINGS), n, k)
             siblings_session, siblings = self.sample_siblings(session, live, sibling_keys, rooms)
             sampled += sum(len(s.tokens) for s in siblings if s is not None)
-            step_groups = self.score_siblings(
-                t, questions, live, siblings, siblings_session, contexts, paths, judge_paths,
-                jax.random.fold_in(step_key, _COMPLETIONS),
-            )  # fmt: skip
+            frontier = StepFrontier(
+                t, questions, live, siblings, siblings_session, contexts, paths, judge_paths
+            )
+            step_groups = self.score_siblings(frontier, jax.random.fold_in(step_key, _COMPLETIONS))
             sampled += sum(g.completion_tokens for g in step_groups)
             groups += step_groups
             advantages = np.stack([g.advantages for g in step_groups])
@@ -491,44 +509,24 @@ class SlateTrainer(WorldRLTrainer):
 
     # --- Judging ----------------------------------------------------------------------------
 
-    def score_siblings(
-        self,
-        t: int,
-        questions: Sequence[Question],
-        live: np.ndarray,
-        siblings: list[Sibling | None],
-        session: Session,
-        contexts: list[list[int]],
-        paths: list[list[StepResult]],
-        judge_paths: list[list[PathStep]],
-        key: jax.Array,
-    ) -> list[StepGroup]:
+    def score_siblings(self, frontier: StepFrontier, key: jax.Array) -> list[StepGroup]:
         """Step t's groups with rewards and advantages: here the judge's (`judge_step`);
-        `SlateMCTrainer` values the siblings by completions from `session` instead."""
-        del session, key
-        return self.judge_step(t, questions, live, siblings, contexts, paths, judge_paths)
+        `SlateMCTrainer` values the siblings by completions from `frontier.session` instead."""
+        del key
+        return self.judge_step(frontier)
 
-    def judge_step(
-        self,
-        t: int,
-        questions: Sequence[Question],
-        live: np.ndarray,
-        siblings: list[Sibling | None],
-        contexts: list[list[int]],
-        paths: list[list[StepResult]],
-        judge_paths: list[list[PathStep]],
-    ) -> list[StepGroup]:
+    def judge_step(self, frontier: StepFrontier) -> list[StepGroup]:
         """Judges step t's valid siblings of every live question in one call; rewards (Eq. 3/4,
         `judged_rewards`) and advantages among each question's k siblings (Eq. 5)."""
-        k = self.k
-        live_questions = np.flatnonzero(live)
-        steps = [JudgedStep(questions[q], judge_paths[q], s.text, s.action, t)
-                 for q in live_questions for s in siblings[q * k : (q + 1) * k]]  # fmt: skip
+        k, f = self.k, frontier
+        live_questions = np.flatnonzero(f.live)
+        steps = [JudgedStep(f.questions[q], f.judge_paths[q], s.text, s.action, f.t)
+                 for q in live_questions for s in f.siblings[q * k : (q + 1) * k]]  # fmt: skip
         judged, judgements = self.judged_rewards(steps)
-        rewards = np.zeros((len(questions), k), np.float32)
+        rewards = np.zeros((len(f.questions), k), np.float32)
         rewards[live_questions] = judged.reshape(-1, k)
         by_question = [judgements[i * k : (i + 1) * k] for i in range(len(live_questions))]
-        return self.step_groups(t, live, siblings, contexts, paths, rewards, by_question)
+        return self.step_groups(f, rewards, by_question)
 
     def judged_rewards(
         self, steps: Sequence[JudgedStep]
@@ -568,11 +566,7 @@ class SlateTrainer(WorldRLTrainer):
 
     def step_groups(
         self,
-        t: int,
-        live: np.ndarray,
-        siblings: list[Sibling | None],
-        contexts: list[list[int]],
-        paths: list[list[StepResult]],
+        frontier: StepFrontier,
         rewards: np.ndarray,
         judgements: Sequence[Sequence[Judgement | None]],
         **extra: Any,
@@ -580,17 +574,17 @@ class SlateTrainer(WorldRLTrainer):
         """The groups of the live questions at step t: `rewards` [questions, k] (rows of other
         questions are ignored) and their advantages among each question's siblings (Eq. 5);
         `judgements` and each `extra` field hold one entry per live question."""
-        k = self.k
-        exists = np.repeat(np.asarray(live, bool)[:, None], k, axis=1)
+        k, f = self.k, frontier
+        exists = np.repeat(np.asarray(f.live, bool)[:, None], k, axis=1)
         advantages = np.asarray(sibling_step_advantages(rewards, exists))
-        live_questions = np.flatnonzero(live)
+        live_questions = np.flatnonzero(f.live)
         return [
             StepGroup(
                 question=int(q),
-                step=t,
-                context=list(contexts[q]),
-                path=list(paths[q]),
-                siblings=siblings[q * k : (q + 1) * k],
+                step=f.t,
+                context=list(f.contexts[q]),
+                path=list(f.paths[q]),
+                siblings=f.siblings[q * k : (q + 1) * k],
                 judgements=list(judgements[i]),
                 rewards=rewards[q],
                 advantages=advantages[q],
@@ -647,7 +641,6 @@ class SlateTrainer(WorldRLTrainer):
         judgements = [j for g in groups for j in g.judgements if j is not None]
         advantages = np.concatenate([g.advantages for g in groups])
         chosen = [g for g in groups if g.chosen >= 0]
-        sampled = float(played.sampled_tokens)
         judged_invalid = judgement_arrays(judgements)["invalid"] if judgements else np.zeros(1)
         metrics = {
             "reward": float(np.mean(np.concatenate([g.rewards for g in groups]))),
@@ -661,9 +654,7 @@ class SlateTrainer(WorldRLTrainer):
             "rows": float(len(siblings)),
             "judge/candidates": float(len(judgements)),
             "judge/invalid_fraction": float(np.mean(judged_invalid)),
-            "rollout_time_s": played.seconds,
-            "sampled_tokens": sampled,
-            "sampled_tokens_per_s": sampled / played.seconds,
+            **throughput_metrics(float(played.sampled_tokens), played.seconds),
             **{
                 f"end/{end}": played.ends.count(end) / num_questions
                 for end in ("answer", "forced_answer", "invalid", "truncated")
@@ -767,11 +758,7 @@ class SlateFullTrajectoryTrainer(SlateTrainer):
         n, k, budget = len(questions), self.k, self.budget
         started = time.perf_counter()
         judged_before = self._judge_counts()
-        config = dataclasses.replace(self.rollout_config, group_size=k)
-        trajectories = rollout(
-            self.sampler(models), self.make_env(), self.assets.tokenizer,
-            self.tasks(questions), config, key=rng,
-        )  # fmt: skip
+        trajectories = self.play_trajectories(models, questions, k, rng)
         steps, where = [], []
         for row, results in enumerate(trajectories.steps):
             path: list[PathStep] = []
@@ -820,7 +807,6 @@ class SlateFullTrajectoryTrainer(SlateTrainer):
         # (question, step) groups some trajectory reached, and those whose advantages all tie.
         reached = played.exists.reshape(-1, k, budget).any(1)
         moved = played.advantages.reshape(-1, k, budget).any(1)
-        sampled = float(trajectories.loss_mask.sum())  # the forced answers too
         metrics = {
             "reward": float(played.rewards[played.exists].mean()),
             "exact_match": float(trajectories.em.mean()),
@@ -829,9 +815,8 @@ class SlateFullTrajectoryTrainer(SlateTrainer):
             "invalid_step_fraction": float(np.mean(~valid)),
             "tied_group_fraction": float(np.sum(reached & ~moved) / np.sum(reached)),
             "judge/candidates": float(valid.sum()),
-            "rollout_time_s": played.seconds,
-            "sampled_tokens": sampled,
-            "sampled_tokens_per_s": sampled / played.seconds,
+            # The forced answers' tokens count too.
+            **throughput_metrics(float(trajectories.loss_mask.sum()), played.seconds),
             **{f"judge_stats/{name}": float(count) for name, count in played.judge_stats.items()},
             **advantage_variances(batch["advantages"], step_id),
         }
@@ -869,52 +854,32 @@ class SlateMCTrainer(SlateTrainer):
         del config
         return None
 
-    def score_siblings(
-        self,
-        t: int,
-        questions: Sequence[Question],
-        live: np.ndarray,
-        siblings: list[Sibling | None],
-        session: Session,
-        contexts: list[list[int]],
-        paths: list[list[StepResult]],
-        judge_paths: list[list[PathStep]],
-        key: jax.Array,
-    ) -> list[StepGroup]:
-        del judge_paths
-        n, k, m = len(questions), self.k, self.completions
-        outcomes, tokens = self.complete(t, questions, siblings, session, contexts, paths, key)
-        live_questions = np.flatnonzero(live)
+    def score_siblings(self, frontier: StepFrontier, key: jax.Array) -> list[StepGroup]:
+        n, k, m = len(frontier.questions), self.k, self.completions
+        outcomes, tokens = self.complete(frontier, key)
+        live_questions = np.flatnonzero(frontier.live)
         return self.step_groups(
-            t, live, siblings, contexts, paths, outcomes.mean(-1).reshape(n, k),
-            [[None] * k] * len(live_questions),
+            frontier, outcomes.mean(-1).reshape(n, k), [[None] * k] * len(live_questions),
             completions=outcomes.reshape(n, k, m)[live_questions],
             completion_tokens=tokens.reshape(n, k).sum(1)[live_questions].tolist(),
         )  # fmt: skip
 
-    def complete(
-        self,
-        t: int,
-        questions: Sequence[Question],
-        siblings: list[Sibling | None],
-        session: Session,
-        contexts: list[list[int]],
-        paths: list[list[StepResult]],
-        key: jax.Array,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """m completions of every valid sibling (row r = q·k + j of `session`) to the end of its
-        episode: (their EM, float32[n·k, m], 0 for the other rows; tokens sampled per row, [n·k]).
+    def complete(self, frontier: StepFrontier, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """m completions of every valid sibling (row r = q·k + j of `frontier.session`) to the
+        end of its episode: (their EM, float32[n·k, m], 0 for the other rows; tokens sampled per
+        row, [n·k]).
 
-        Completion i of row r is row r·m + i of one m-way fork of `session` and episode r·m + i
+        Completion i of row r is row r·m + i of one m-way fork of the session and episode r·m + i
         of a fresh env, which replays the question's t chosen steps (retrieval is deterministic,
         so it reaches the state the siblings saw) and executes the sibling's action. Rows without
         a valid sibling stay idle, so every step forks the same shape (no recompilation)."""
         k, m, seq_len = self.k, self.completions, self.config.data.seq_len
+        siblings, contexts, paths = frontier.siblings, frontier.contexts, frontier.paths
         valid = np.repeat([s is not None and s.valid for s in siblings], m)
         sibling_of = np.repeat(np.arange(len(siblings)), m)  # of each completion row
         env = self.make_env()
-        env.reset(self.tasks([questions[r // k] for r in sibling_of]))
-        for step in range(t):
+        env.reset(self.tasks([frontier.questions[r // k] for r in sibling_of]))
+        for step in range(frontier.t):
             env.step([paths[r // k][step].step_text if ok else None
                       for r, ok in zip(sibling_of, valid)])  # fmt: skip
         results = env.step(
@@ -938,7 +903,7 @@ class SlateMCTrainer(SlateTrainer):
             episode.add(observation)
             episodes.append(episode)
             forced.append(observation)
-        completions = session.fork(m)
+        completions = frontier.session.fork(m)
         if any(forced):
             completions.append(forced)
         play_open_rows(

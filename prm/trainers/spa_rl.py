@@ -34,8 +34,6 @@ data script's R_i − mean_{j≠i} R_j of the question's other rollouts on every
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +52,6 @@ from prm.losses import value_loss
 from prm.masked import masked_whiten
 from prm.registry import TRAINERS
 from prm.rewards import spa
-from prm.rollouts import rollout
 from prm.trainers.rl import WorldRLTrainer, token_batch
 from prm.training.policy_step import policy_loss, reference_logprobs
 from prm.training.update import loss_normalizer
@@ -103,14 +100,7 @@ class SPARLTrainer(WorldRLTrainer):
     def next_batch(
         self, models: Mapping[str, nnx.Module], step: int, rng: jax.Array
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        questions = next(self.data)
-        started = time.perf_counter()
-        config = dataclasses.replace(self.rollout_config, group_size=self.group_size)
-        trajectories = rollout(
-            self.sampler(models), self.make_env(), self.assets.tokenizer,
-            self.tasks(questions), config, key=rng,
-        )  # fmt: skip
-        rollout_s = time.perf_counter() - started
+        _, trajectories, played = self.play_groups(models, rng)
         valid = np.zeros(trajectories.step_rewards.shape, np.float32)
         for b, steps in enumerate(trajectories.steps):
             valid[b, : len(steps)] = [executed(s) for s in steps]
@@ -127,17 +117,12 @@ class SPARLTrainer(WorldRLTrainer):
         if self.spa.contributions == "leave_one_out":
             groups = outcomes.reshape(-1, self.group_size)
             batch["loo_outcome"] = np.asarray(rloo_advantages(groups)).reshape(-1)
-        sampled = float(trajectories.loss_mask.sum())
         num_steps = float(trajectories.num_turns.sum())
         metrics = {
             "reward": float(outcomes.mean()),
-            "exact_match": float(trajectories.em.mean()),
-            "turns": float(trajectories.num_turns.mean()),
+            **played,
             "grounding_accuracy": float(valid.sum() / max(num_steps, 1.0)),
             "exploring": float(exploring),
-            "rollout_time_s": rollout_s,
-            "sampled_tokens": sampled,
-            "sampled_tokens_per_s": sampled / rollout_s,
         }
         return batch, metrics
 

@@ -43,9 +43,7 @@ whiten_advantages, value_clip), `parts.value` (the critic, its `lr`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,7 +65,7 @@ from prm.rewards.step_search import (
     step_search_token_rewards,
     trajectory_rewards,
 )
-from prm.rollouts import TrajectoryBatch, rollout
+from prm.rollouts import TrajectoryBatch
 from prm.trainers.rl import WorldRLTrainer, advantage_variances, token_batch
 from prm.training.update import loss_normalizer
 
@@ -143,19 +141,10 @@ class StepSearchTrainer(WorldRLTrainer):
     def next_batch(
         self, models: Mapping[str, nnx.Module], step: int, rng: jax.Array
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        questions = next(self.data)
-        started = time.perf_counter()
-        config = dataclasses.replace(self.rollout_config, group_size=self.group_size)
-        trajectories = rollout(
-            self.sampler(models), self.make_env(), self.assets.tokenizer,
-            self.tasks(questions), config, key=rng,
-        )  # fmt: skip
-        rollout_s = time.perf_counter() - started
+        questions, trajectories, played = self.play_groups(models, rng)
         rows = [q for q in questions for _ in range(self.group_size)]
         batch, metrics = self.build_batch(models, trajectories, rows)
-        metrics["rollout_time_s"] = rollout_s
-        metrics["sampled_tokens_per_s"] = metrics["sampled_tokens"] / rollout_s
-        return batch, metrics
+        return batch, {**played, **metrics}
 
     def build_batch(
         self,
@@ -164,7 +153,8 @@ class StepSearchTrainer(WorldRLTrainer):
         questions: Sequence[Question],
     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """The update's arrays from played trajectories (`questions[b]`: row b's question):
-        token rewards, critic values V, GAE advantages and returns; and the step's metrics."""
+        token rewards, critic values V, GAE advantages and returns; and their metrics (reward
+        parts, F1, the critic's fit; `next_batch` adds the rollout's, `play_groups`)."""
         rewards = self.rewards(trajectories, questions)
         step_rewards = self.step_rewards(trajectories, rewards)
         global_rewards = np.array([r.global_reward for r in rewards], np.float32)
@@ -185,10 +175,8 @@ class StepSearchTrainer(WorldRLTrainer):
         }
         metrics = {
             **self.reward_metrics(rewards),
-            "exact_match": float(trajectories.em.mean()),
             "f1": float(trajectories.f1.mean()),
-            "turns": float(trajectories.num_turns.mean()),
-            **self.token_metrics(trajectories.loss_mask, values, returns),
+            **self.critic_fit(trajectories.loss_mask, values, returns),
             **advantage_variances(advantages, trajectories.step_id),
         }
         return batch, metrics
@@ -251,18 +239,16 @@ class StepSearchTrainer(WorldRLTrainer):
         }
 
     @staticmethod
-    def token_metrics(
-        mask: np.ndarray, values: np.ndarray, returns: np.ndarray
-    ) -> dict[str, float]:
-        """Sampled tokens and the critic's fit on them: mean value, mean return and the
-        explained variance 1 − Var(R − V)/Var(R) (1: perfect, ≤ 0: no better than a constant)."""
+    def critic_fit(mask: np.ndarray, values: np.ndarray, returns: np.ndarray) -> dict[str, float]:
+        """The critic's fit on the sampled tokens (`mask`; none: no metrics): mean value, mean
+        return and the explained variance 1 − Var(R − V)/Var(R) (1: perfect, ≤ 0: no better
+        than a constant)."""
         trained = mask > 0
         if not trained.any():
-            return {"sampled_tokens": 0.0}
+            return {}
         v, r = values[trained], returns[trained]
         variance = float(np.var(r))
         return {
-            "sampled_tokens": float(trained.sum()),
             "critic/value_mean": float(v.mean()),
             "critic/return_mean": float(r.mean()),
             "critic/explained_variance": 1.0 - float(np.var(r - v)) / variance

@@ -1,17 +1,12 @@
 """Search-R1 GRPO trainer: the batch it builds, and the config run exactly as typed."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 from configs.search_r1 import get_config
 from prm.training.loop import build_run
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers.train_runs import train_as_typed
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +71,5 @@ def test_format_reward_follows_search_r1s_table(run):
 
 def test_smoke_config_runs_as_typed(tmp_path):
     workdir = tmp_path / "search_r1_smoke"
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--config=configs/search_r1.py:smoke",
-         f"--workdir={workdir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith("held-out EM: ")
+    train_as_typed("search_r1.py:smoke", workdir)
     assert (workdir / "qa_test_step0.md").exists() and (workdir / "qa_test_step3.md").exists()

@@ -1,10 +1,6 @@
 """The SLATE trainer on the smoke world with a tiny random policy: siblings, judging, selection,
 batch layout, gradients, padding; the paper configs; an end-to-end smoke run."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,12 +13,12 @@ from prm.envs.protocol import Action
 from prm.judges import Judgement, JudgeStats
 from prm.models import Transformer, token_logprobs
 from prm.registry import TRAINERS
-from prm.trainers.slate import Sibling, SlateTrainer, row_keys, sample_softmax
+from prm.trainers.slate import Sibling, SlateTrainer, StepFrontier, row_keys, sample_softmax
 from prm.training.policy_step import PolicyLossConfig, policy_loss, reference_logprobs
 from prm.training.state import model_config_from
 from prm.training.update import with_minibatch_counts
+from tests.helpers.train_runs import train_as_typed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = jax.make_mesh((1,), ("data",))
 
 
@@ -206,8 +202,10 @@ def sibling(kind, content):
 def judge_step(trainer, scores, siblings, t=1):
     trainer.judge = ScriptedJudge(scores)
     questions = next(trainer.data)[:2]
-    return trainer.judge_step(t, questions, np.ones(2, bool), siblings, [[1], [2]], [[], []],
-                              [[], []])  # fmt: skip
+    # The judge reads no session: none is started.
+    frontier = StepFrontier(t, questions, np.ones(2, bool), siblings, None, [[1], [2]], [[], []],
+                            [[], []])  # fmt: skip
+    return trainer.judge_step(frontier)
 
 
 def test_rewards_and_advantages_by_hand_within_each_group(free):
@@ -363,10 +361,4 @@ def test_bad_rollout_config_raises(tmp_path):
 
 
 def test_smoke_config_runs_as_typed(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--config=configs/slate.py:smoke",
-         f"--workdir={tmp_path / 'slate'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("held-out EM:")
+    train_as_typed("slate.py:smoke", tmp_path / "slate")

@@ -2,8 +2,6 @@
 rewards, and truncated sampling with Monte Carlo sibling values; their configs and smoke runs."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -20,8 +18,8 @@ from prm.trainers.slate import (
     full_trajectory_advantages,
 )
 from prm.training.loop import SHIPPED_WARM_STARTS, warm_start_name
+from tests.helpers.train_runs import train_as_typed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = jax.make_mesh((1,), ("data",))
 # The shipped SFT warm start of the default world: it writes valid steps and answers some
 # questions right, so rewards, values and advantages are not all ties.
@@ -254,10 +252,4 @@ def test_sweep_options():
 
 @pytest.mark.parametrize("config", ["slate_full_trajectory.py:smoke", "slate_mc.py:smoke,m=2"])
 def test_smoke_configs_run_as_typed(tmp_path, config):
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--config=configs/{config}",
-         f"--workdir={tmp_path / 'run'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("held-out EM:")
+    train_as_typed(config, tmp_path / "run")

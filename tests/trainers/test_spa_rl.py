@@ -3,8 +3,6 @@ batch it builds, the smoke config as typed, and exact resume with the estimator 
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +16,8 @@ from prm.envs.protocol import Action, StepResult
 from prm.trainers.spa_rl import SPARLTrainer, executed
 from prm.training.loop import build_run, train
 from prm.training.metrics_writer import TIMING_METRICS
+from tests.helpers.train_runs import train_as_typed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTRIBUTION, VALUE = 0.25, 0.1  # the heads' biases (their kernels start at 0)
 
 
@@ -192,13 +190,7 @@ def test_missing_estimator_part_is_rejected():
 
 def test_smoke_config_runs_as_typed(tmp_path):
     workdir = tmp_path / "spa_rl_smoke"
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--config=configs/spa_rl.py:smoke",
-         f"--workdir={workdir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith("held-out EM: ")
+    train_as_typed("spa_rl.py:smoke", workdir)
     assert (workdir / "qa_test_step0.md").exists() and (workdir / "qa_test_step3.md").exists()
     train_records = [r for r in _records(workdir) if "progress_loss" in r]
     assert [r["exploring"] for r in train_records] == [1.0, 0.0, 0.0]

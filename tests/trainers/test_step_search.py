@@ -1,10 +1,6 @@
 """StepSearch trainer: rewards placed on a hand-built trajectory, GAE against the critic, the
 batch of a real rollout, and the config run exactly as typed."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -16,8 +12,7 @@ from prm.rewards.step_search import StepSearchRewardConfig
 from prm.rollouts.trajectory import EpisodeEnd, Trajectory, collate
 from prm.trainers.step_search import StepSearchTrainer, world_search_keys
 from prm.training.loop import build_run
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers.train_runs import train_as_typed
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +135,5 @@ def test_a_config_without_a_critic_is_refused(tmp_path):
 @pytest.mark.slow  # ~1 min of CPU: the smoke SFT warm start, 3 steps and 2 evaluations
 def test_smoke_config_runs_as_typed(tmp_path):
     workdir = tmp_path / "step_search_smoke"
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--config=configs/step_search.py:smoke",
-         f"--workdir={workdir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith("held-out EM: ")
+    train_as_typed("step_search.py:smoke", workdir)
     assert (workdir / "qa_test_step0.md").exists() and (workdir / "qa_test_step3.md").exists()
