@@ -46,7 +46,7 @@ from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, smoke=False, seed=0, train_problems=64, beam_problems=128, alpha=0.5)
+    opts = parse_arg(arg, smoke=False, seed=0, train_problems=32, beam_problems=64, alpha=0.5)
     c = ml_collections.ConfigDict()
     c.seed = opts.seed
     c.warm_start = chain_sft.get_config("smoke" if opts.smoke else None)
@@ -60,14 +60,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 1. Q^μ targets.
     c.train_problems = opts.train_problems
     c.solutions_per_problem = 4
-    c.num_completions = 16
+    c.num_completions = 8
     c.best_of = 4  # the BoK prover (PAV: Bo4 was best for every base policy)
-    c.prover_temperatures = (0.5, 1.5)
+    c.prover_temperatures = (0.5,)
     # 2. The verifier.
-    c.verifier = ml_collections.ConfigDict({"steps": 800, "batch_size": 64, "learning_rate": 1e-3})
-    c.eval_problems = 32
+    c.verifier = ml_collections.ConfigDict({"steps": 300, "batch_size": 32, "learning_rate": 1e-3})
+    c.eval_problems = 16
     c.eval_solutions_per_problem = 2
-    c.eval_completions = 32
+    c.eval_completions = 16
     # 3. Beam search.
     c.beam_problems = opts.beam_problems
     c.beam = ml_collections.ConfigDict(

@@ -74,10 +74,10 @@ def prefix_outcomes[Task](
     """Per solution of M steps, bool[M + 1, N]: the outcomes of N completions of each of its
     prefixes x_{1:t}, t = 0..M; `best_of_k_estimates` of row t is Q^{BoK}(x_{1:t}).
 
-    Row 0 completes the problem alone (sampled once per distinct task), row M is the solution's
-    own outcome repeated (nothing is left to complete), rows 1..M − 1 are `math_shepherd`'s
-    completions after every step. Two batched calls in all: the distinct tasks, then every
-    proper prefix of every solution.
+    Row 0 completes the problem alone (sampled once per distinct task; tasks must be hashable),
+    row M is the solution's own outcome repeated (nothing is left to complete), rows 1..M − 1
+    are `math_shepherd`'s completions after every step. Two batched calls in all: the distinct
+    tasks, then every proper prefix of every solution.
     """
     if not solutions:
         raise ValueError("prefix_outcomes: no solutions given.")
