@@ -4,7 +4,8 @@ beam search ranked by Q^π + α·A^μ against Q^π alone (configs/pav_verifier.p
     python -m experiments.pav_verifier --config=configs/pav_verifier.py --workdir=/tmp/pav_v
     python -m experiments.pav_verifier --config=configs/pav_verifier.py:smoke --workdir=/tmp/pv
 
-Writes `<workdir>/results.json` (config, timings and the three blocks below) and prints them:
+Writes `<workdir>/results.json` (config, timings and the three blocks below) and prints them;
+`<workdir>/table.md` holds them as Markdown tables.
   provers: per prover μ (π, BoK(π), π at other temperatures), on π's sampled training
     solutions: mean V^μ(x), mean and std of A^μ over π's steps, E[A^μ·A^π] (alignment), and
     mean A^μ at truly correct steps and at first-error steps (the task knows the truth).
@@ -82,7 +83,11 @@ def errors(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {
         "mae": float(np.mean(np.abs(predicted - target))),
         "rmse": float(np.sqrt(np.mean(np.square(predicted - target)))),
-        "pearson": float(np.corrcoef(predicted, target)[0, 1]) if target.std() > 0 else 0.0,
+        "pearson": (
+            float(np.corrcoef(predicted, target)[0, 1])
+            if predicted.std() > 0 and target.std() > 0
+            else float("nan")  # undefined for a constant
+        ),
     }
 
 
@@ -175,6 +180,46 @@ def policy_baselines(config, model, env, tokenizer, completer) -> dict[str, floa
     }
 
 
+def markdown_tables(results: dict[str, Any]) -> str:
+    """The run's three blocks as Markdown tables (written to `<workdir>/table.md`)."""
+    lines = [
+        "| prover μ | V^μ(x) | mean A^μ | std A^μ | E[A^μ·A^π] | A^μ at correct steps "
+        "| A^μ at first errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, p in results["provers"].items():
+        lines.append(
+            f"| {name} | {p['V_root']:.3f} | {p['A_mean']:+.3f} | {p['A_std']:.3f} "
+            f"| {p['alignment_E[A_mu*A_pi]']:.4f} | {p['A_at_correct_steps']:+.3f} "
+            f"| {p['A_at_first_errors']:+.3f} |"
+        )
+    held_out = results["verifier"]["held_out"]
+    lines += ["", "| quantity (held-out) | MAE | RMSE | Pearson r |", "|---|---:|---:|---:|"]
+    for name, e in held_out.items():
+        if isinstance(e, dict):
+            lines.append(f"| {name} | {e['mae']:.3f} | {e['rmse']:.3f} | {e['pearson']:.3f} |")
+    lines.append(
+        f"| MC noise of the Q^π targets (RMS) | | {held_out['Q_pi_mc_noise_rmse']:.3f} | |"
+    )
+    lines += [
+        "",
+        "| ranker | accuracy | some finished candidate right | sampled steps / problem "
+        "| tokens / problem |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, b in results["beam"].items():
+        lines.append(
+            f"| {name} | {b['accuracy']:.3f} | {b['some_finished_candidate_right']:.3f} "
+            f"| {b['sampled_steps_per_problem']:.1f} | {b['tokens_per_problem']:.0f} |"
+        )
+    alone = results["policy_alone"]
+    lines.append(
+        f"| π alone: sampled / greedy | {alone['sampled_accuracy']:.3f} / "
+        f"{alone['greedy_accuracy']:.3f} | | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     config = _CONFIG.value
@@ -262,6 +307,7 @@ def main(argv: Sequence[str]) -> None:
         "timings_s": timings,
     }
     (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (workdir / "table.md").write_text(markdown_tables(results))
     print(f"timings: {timings}\nwrote {workdir / 'results.json'}", flush=True)
 
 

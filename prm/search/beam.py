@@ -92,18 +92,20 @@ def beam_search(
         for q, m in zip(*(np.asarray(r, np.float64) for r in roots))
     ]
     beams = [[0] for _ in trees]
+    position = {id(tree): i for i, tree in enumerate(trees)}
     for _ in range(config.max_depth):
         requests = [(tree, node_id) for tree, beam in zip(trees, beams) for node_id in beam]
         if not requests:
             break
         new = expander.expand(requests, config.width)
         children: list[tuple[int, int, int]] = []  # (tree position, parent, child)
-        position = {id(tree): i for i, tree in enumerate(trees)}
         for (tree, node_id), nodes in zip(requests, new):
             for node in nodes:
                 children.append((position[id(tree)], node_id, tree.add_child(node_id, node)))
             tree.nodes[node_id].expanded = True
             tree.release(node_id)
+        if not children:  # the expander had nothing to add below any live state
+            break
         q_policy, q_prover = values_fn([trees[t].context(c) for t, _, c in children])
         parents = np.array([results[t].prover_values[p] for t, p, _ in children], np.float64)
         scores = step_scores(
