@@ -34,7 +34,8 @@ least as accurate as Q-only beam search at the same sampled steps (the paper: 8Ã
 compute-efficient). Online RL with dense PAV rewards is not part of this run.
 
 Options: `smoke` (a 4-step warm start, 2 problems, a few fit steps; for tests), `seed=<int>`,
-`train_problems=<int>`, `beam_problems=<int>`, `alpha=<float>`.
+`train_problems=<int>`, `eval_problems=<int>`, `beam_problems=<int>`, `verifier_steps=<int>`,
+`alpha=<float>`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, smoke=False, seed=0, train_problems=32, beam_problems=64, alpha=0.5)
+    opts = parse_arg(
+        arg,
+        smoke=False,
+        seed=0,
+        train_problems=32,
+        beam_problems=64,
+        eval_problems=16,
+        verifier_steps=300,
+        alpha=0.5,
+    )
     c = ml_collections.ConfigDict()
     c.seed = opts.seed
     c.warm_start = chain_sft.get_config("smoke" if opts.smoke else None)
@@ -64,8 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.best_of = 4  # the BoK prover (PAV: Bo4 was best for every base policy)
     c.prover_temperatures = (0.5,)
     # 2. The verifier.
-    c.verifier = ml_collections.ConfigDict({"steps": 300, "batch_size": 32, "learning_rate": 1e-3})
-    c.eval_problems = 16
+    c.verifier = ml_collections.ConfigDict(
+        {"steps": opts.verifier_steps, "batch_size": 32, "learning_rate": 1e-3}
+    )
+    c.eval_problems = opts.eval_problems
     c.eval_solutions_per_problem = 2
     c.eval_completions = 16
     # 3. Beam search.
