@@ -85,7 +85,7 @@ def errors(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
         "rmse": float(np.sqrt(np.mean(np.square(predicted - target)))),
         "pearson": (
             float(np.corrcoef(predicted, target)[0, 1])
-            if predicted.std() > 0 and target.std() > 0
+            if np.ptp(predicted) > 0 and np.ptp(target) > 0
             else float("nan")  # undefined for a constant
         ),
     }
