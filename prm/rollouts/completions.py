@@ -51,25 +51,40 @@ class PrefixedEnv[Task]:
         Raises:
           ValueError: if a prefix step ends its episode (a prefix must leave it open).
         """
-        texts = self.env.reset([prefix.task for prefix in prefixes])
-        for t in range(max((len(p.steps) for p in prefixes), default=0)):
-            step_texts = [p.steps[t] if t < len(p.steps) else None for p in prefixes]
-            for i, result in enumerate(self.env.step(step_texts)):
-                if result is None:
-                    continue
-                if result.done:
-                    raise ValueError(
-                        f"Prefix {i}'s step {t + 1} ({step_texts[i]!r}) ends the episode; "
-                        "complete only prefixes that leave it open (drop the final step)."
-                    )
-                texts[i] += result.step_text + result.observation
-        return texts
+        return prefix_texts(self.env, prefixes, open_ended=True)
 
     def step(self, step_texts: Sequence[str | None]) -> list[StepResult | None]:
         return self.env.step(step_texts)
 
     def outcomes(self) -> list[dict[str, float]]:
         return self.env.outcomes()
+
+
+def prefix_texts[Task](
+    env: Env[Task], prefixes: Sequence[Prefix[Task]], open_ended: bool = False
+) -> list[str]:
+    """The text a policy has seen after each prefix: the env's prompt, then each prefix step and
+    the observation the env answers it with (replayed through `env`).
+
+    With `open_ended` every prefix must leave its episode open (it is to be completed);
+    otherwise its last step may end it (a whole solution, as a verifier scores it).
+
+    Raises:
+      ValueError: if a step ends its episode while steps follow it, or (open_ended) at all.
+    """
+    texts = env.reset([prefix.task for prefix in prefixes])
+    for t in range(max((len(p.steps) for p in prefixes), default=0)):
+        step_texts = [p.steps[t] if t < len(p.steps) else None for p in prefixes]
+        for i, result in enumerate(env.step(step_texts)):
+            if result is None:
+                continue
+            if result.done and (open_ended or t + 1 < len(prefixes[i].steps)):
+                raise ValueError(
+                    f"Prefix {i}'s step {t + 1} ({step_texts[i]!r}) ends the episode; "
+                    "complete only prefixes that leave it open (drop the final step)."
+                )
+            texts[i] += result.step_text + result.observation
+    return texts
 
 
 @dataclasses.dataclass(frozen=True)
