@@ -3,50 +3,45 @@
     python -m experiments.rest_mcts --config=configs/rest_mcts.py --workdir=/tmp/rest_mcts
     python -m experiments.rest_mcts --config=configs/rest_mcts.py:smoke --workdir=/tmp/rest_smoke
 
-A tiny policy is warm-started by SFT on noisy expert solutions (`noisy_expert_steps`, 20% wrong
-results), a value model V_0 by MSE on ReST-MCTS* targets of trees merged from several noisy
-solutions per problem (the paper's D_V0), then each self-training iteration runs MCTS* in "full"
+The policy is the chain SFT warm start (`configs/chain_sft.py`: ~0.4M parameters, SFT on noisy
+expert solutions of 2-6 operations, 10% wrong results), trained once into
+`~/.cache/prm/warm_starts/` by `prm.training.loop.ensure_warm_start` and shared with the label
+collection configs. A value model V_0 (a scalar head on a copy of it) is fitted by MSE on
+ReST-MCTS* targets of trees merged from several noisy solutions per problem (the paper's D_V0),
+then each self-training iteration runs MCTS* in "full"
 mode on the training problems, SFTs the policy on verified traces and regresses V on the
 searched trees' value targets. After each iteration: greedy accuracy, MCTS* accuracy and, at
 equal generated tokens, best-of-N (V_θ as verifier) and self-consistency (majority answer).
 
-Options: `smoke` (seconds), `iterations=<int>`, `seed=<int>`.
+Options: `smoke` (seconds; the chain SFT smoke warm start), `iterations=<int>`, `seed=<int>`,
+`train=<int>` and `test=<int>` (problems searched per iteration and evaluated).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs.common import model_config, parse_arg
-from prm.envs.chain_arithmetic import CHAIN_VOCAB_SIZE
-
-END_OF_TEXT_ID = 0  # the chain tokenizer's <|endoftext|> (end of sequence and padding)
+from configs import chain_sft
+from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, smoke=False, iterations=2, seed=0)
-    model = model_config("qwen3", "tiny", vocab_size=CHAIN_VOCAB_SIZE)
-    model.update(
-        {
-            "hidden_size": 64,
-            "num_layers": 2,
-            "num_heads": 4,
-            "num_kv_heads": 2,
-            "head_dim": 16,
-            "intermediate_size": 192,
-            "max_position_embeddings": 256,
-            "eos_token_ids": (END_OF_TEXT_ID,),
-            "pad_token_id": END_OF_TEXT_ID,
-        }
-    )
+    opts = parse_arg(arg, smoke=False, iterations=2, seed=0, train=24, test=32)
     c = ml_collections.ConfigDict(
         {
             "seed": opts.seed,
-            "model": model,
-            "problems": {"min_ops": 2, "max_ops": 4, "train": 24, "test": 32},
-            "warm_start": {"steps": 300, "batch_size": 32, "lr": 3e-3, "error_rate": 0.2},
-            # D_V0: trees merged from this many noisy solutions per training problem.
-            "value_warm_start": {"solutions": 4, "problems": 64, "steps": 200, "lr": 1e-3},
+            # The policy's warm start (a whole run config); its model config is the policy's.
+            "warm_start": chain_sft.get_config("smoke" if opts.smoke else None),
+            "problems": {"min_ops": 2, "max_ops": 4, "train": opts.train, "test": opts.test},
+            # D_V0: trees merged from `solutions` noisy expert solutions per problem, each result
+            # wrong with probability `error_rate` (enough wrong branches to learn from).
+            "value_warm_start": {
+                "solutions": 4,
+                "problems": 64,
+                "error_rate": 0.2,
+                "steps": 200,
+                "lr": 1e-3,
+            },
             "engine": {"max_step_tokens": 12, "max_length": 128, "temperature": 0.7},
             # Self-training search (full mode) and test-time search (evaluation mode).
             "mcts": {
@@ -73,7 +68,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if opts.smoke:
         c.problems.update({"train": 2, "test": 2})
-        c.warm_start.update({"steps": 5, "batch_size": 4})
         c.value_warm_start.update({"problems": 2, "steps": 3})
         c.mcts.iterations = 2
         c.self_train.update({"iterations": 1, "policy_steps": 2, "value_steps": 2, "batch_size": 2})

@@ -6,7 +6,7 @@ r"""Collects process-label datasets on chain arithmetic mod 10: Math-Shepherd or
 
 The policy (`config.policy`) is the config's `warm_start` (the chain SFT run,
 `configs/chain_sft.py`, trained once into `~/.cache/prm/warm_starts/` by
-`prm.training.loop.ensure_warm_start`) sampled with the KV-cache sampler, or "expert": the
+`prm.training.loop.load_warm_start`) sampled with the KV-cache sampler, or "expert": the
 noisy expert itself (`NoisyExpertCompleter`, no model; option `:policy=expert`). The task knows
 every step's true correctness, so the script also measures the labels against it and prints a
 summary (also written to `<out>/summary.json`).
@@ -78,18 +78,7 @@ from prm.rollouts.step_labels import (
     sample_solutions,
 )
 from prm.sampling import Sampler, SamplingParams
-
-
-def load_policy(warm_start: Any) -> tuple[Any, Any]:
-    """(model, tokenizer) of the warm-start run's HF export, training it first if needed."""
-    import transformers  # noqa: PLC0415 - slow to import
-
-    from prm.models import from_pretrained  # noqa: PLC0415
-    from prm.training.loop import ensure_warm_start  # noqa: PLC0415
-
-    hf_dir = ensure_warm_start(warm_start)
-    model, _ = from_pretrained(hf_dir)
-    return model, transformers.AutoTokenizer.from_pretrained(hf_dir)
+from prm.training.loop import load_warm_start
 
 
 class NoisyExpertCompleter:
@@ -130,7 +119,7 @@ def make_completer(config: Any) -> Completer | NoisyExpertCompleter:
         return NoisyExpertCompleter(config.expert_error_rate, config.seed)
     if config.policy != "warm_start":
         raise ValueError(f"Unknown policy {config.policy!r}; use 'warm_start' or 'expert'.")
-    model, tokenizer = load_policy(config.warm_start)
+    model, tokenizer = load_warm_start(config.warm_start)
     rollout = RolloutConfig(
         max_step_tokens=config.rollout.max_step_tokens,
         max_length=config.rollout.max_length,

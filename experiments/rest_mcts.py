@@ -4,7 +4,8 @@
     python -m experiments.rest_mcts --config=configs/rest_mcts.py:smoke --workdir=/tmp/rest_smoke
 
 Steps (configs/rest_mcts.py says what each block sets):
-1. warm start: SFT of a tiny policy on noisy expert solutions;
+1. the policy: the chain SFT warm start (`config.warm_start`, `configs/chain_sft.py`), loaded by
+   `prm.training.loop.load_warm_start` (trained once and cached if no earlier run left it);
 2. V_0: a scalar head on a copy of the warm policy, MSE on the ReST-MCTS* targets of trees
    merged from several noisy solutions per problem (`tree_from_solutions`, the paper's D_V0);
 3. per self-training iteration: MCTS* in full mode on the training problems (all trees in one
@@ -34,52 +35,26 @@ from ml_collections import config_flags
 from prm.envs.chain_arithmetic import (
     ChainArithmeticEnv,
     ChainConfig,
-    build_chain_tokenizer,
     generate_problems,
     noisy_expert_steps,
     step_correctness,
     verify,
 )
-from prm.models import ScalarHeadModel, Transformer
+from prm.models import ScalarHeadModel
 from prm.rollouts import RolloutConfig, rollout
 from prm.sampling import Sampler, SamplingParams
 from prm.search import EngineConfig, MCTSConfig, ScalarValueFn, TreeEngine, mcts_star
 from prm.search.self_train import (
-    Trace,
     collect_training_data,
     fit_policy,
     fit_value,
     tree_from_solutions,
 )
-from prm.training.state import model_config_from
+from prm.training.loop import load_warm_start
 
 
 def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
-
-
-def warm_start_policy(policy, tokenizer, config, problems_config) -> list[float]:
-    """SFT on one noisy expert solution per problem (loss on solution tokens only)."""
-    ws = config.warm_start
-    rng = np.random.default_rng(config.seed)
-    problems = generate_problems(
-        ws.steps * ws.batch_size // 4, seed=config.seed + 1, config=problems_config
-    )
-    traces = []
-    for problem in problems:
-        prompt = encode(tokenizer, problem.prompt)
-        steps = [encode(tokenizer, s) for s in noisy_expert_steps(problem, rng, ws.error_rate)]
-        body = [t for s in steps for t in s]
-        traces.append(Trace((*prompt, *body), (0.0,) * len(prompt) + (1.0,) * len(body)))
-    return fit_policy(
-        policy,
-        traces,
-        steps=ws.steps,
-        batch_size=ws.batch_size,
-        learning_rate=ws.lr,
-        pad_id=config.model.pad_token_id,
-        seed=config.seed,
-    )
 
 
 def warm_start_value(value_model, tokenizer, config, problems_config) -> list[float]:
@@ -88,10 +63,7 @@ def warm_start_value(value_model, tokenizer, config, problems_config) -> list[fl
     rng = np.random.default_rng(config.seed + 2)
     samples = []
     for problem in generate_problems(vw.problems, seed=config.seed + 3, config=problems_config):
-        solutions = [
-            noisy_expert_steps(problem, rng, config.warm_start.error_rate)
-            for _ in range(vw.solutions)
-        ]
+        solutions = [noisy_expert_steps(problem, rng, vw.error_rate) for _ in range(vw.solutions)]
         tree = tree_from_solutions(
             problem,
             encode(tokenizer, problem.prompt),
@@ -105,7 +77,7 @@ def warm_start_value(value_model, tokenizer, config, problems_config) -> list[fl
         steps=vw.steps,
         batch_size=config.self_train.batch_size,
         learning_rate=vw.lr,
-        pad_id=config.model.pad_token_id,
+        pad_id=config.warm_start.model.pad_token_id,
         seed=config.seed,
     )
 
@@ -120,7 +92,7 @@ def search(policy, value_model, env, tokenizer, problems, config, *, full: bool,
         Sampler(policy),
         env,
         tokenizer,
-        ScalarValueFn(value_model, pad_id=config.model.pad_token_id),
+        ScalarValueFn(value_model, pad_id=config.warm_start.model.pad_token_id),
         engine_config,
         key=key,
     )
@@ -164,7 +136,7 @@ def evaluate(policy, value_model, env, tokenizer, problems, config, key) -> dict
             key=jax.random.fold_in(key, 1),
         )
         lengths = sampled.input_mask.sum(axis=1)
-        scores = ScalarValueFn(value_model, pad_id=config.model.pad_token_id)(
+        scores = ScalarValueFn(value_model, pad_id=config.warm_start.model.pad_token_id)(
             [row[:length].tolist() for row, length in zip(sampled.tokens, lengths)]
         )
         best_of_n, majority = [], []
@@ -198,15 +170,13 @@ def process_correct_fraction(trees, correct: float) -> float:
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> list[dict]:
     start = time.time()
-    tokenizer = build_chain_tokenizer()
+    policy, tokenizer = load_warm_start(config.warm_start)
     env = ChainArithmeticEnv()
     problems_config = ChainConfig(min_ops=config.problems.min_ops, max_ops=config.problems.max_ops)
     train = generate_problems(config.problems.train, seed=config.seed, config=problems_config)
     test = generate_problems(
         config.problems.test, seed=config.seed, split="test", config=problems_config
     )
-    policy = Transformer(model_config_from(config.model), rngs=nnx.Rngs(config.seed))
-    warm = warm_start_policy(policy, tokenizer, config, problems_config)
     value_model = ScalarHeadModel(nnx.clone(policy), rngs=nnx.Rngs(config.seed + 1))
     value_warm = warm_start_value(value_model, tokenizer, config, problems_config)
     key = jax.random.key(config.seed)
@@ -219,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> list[dict]:
         records.append({"iteration": iteration, **extra, **metrics, "time_s": time.time() - start})
         print(json.dumps(records[-1]), flush=True)
 
-    record(0, {"warm_start_nll": warm[-1], "value_warm_start_mse": value_warm[-1]})
+    record(0, {"value_warm_start_mse": value_warm[-1]})
     st = config.self_train
     for iteration in range(1, st.iterations + 1):
         trees, engine = search(
@@ -239,7 +209,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> list[dict]:
             "trace_process_correct": process_correct_fraction(trees, st.correct_reward),
             "search_peak_cache_mb": engine.stats["peak_cache_bytes"] / 2**20,
         }
-        pad = config.model.pad_token_id
+        pad = config.warm_start.model.pad_token_id
         if traces:
             extra["policy_nll"] = fit_policy(
                 policy, traces, steps=st.policy_steps, batch_size=st.batch_size,

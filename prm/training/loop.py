@@ -307,6 +307,18 @@ def ensure_warm_start(warm_start: Any, directory: str = "") -> str:
     return export
 
 
+def load_warm_start(warm_start: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of the warm-start run's HF export (`ensure_warm_start`: shipped,
+    cached, or trained now): a `prm.models.Transformer` and its Hugging Face tokenizer."""
+    import transformers  # noqa: PLC0415 - slow to import
+
+    from prm.models import from_pretrained  # noqa: PLC0415
+
+    hf_dir = ensure_warm_start(warm_start)
+    model, _ = from_pretrained(hf_dir)
+    return model, transformers.AutoTokenizer.from_pretrained(hf_dir)
+
+
 def restore(run: Run, step: int | None = None) -> int:
     """Restores checkpoint `step` into `run`; returns its step, 0 if there is none.
 
