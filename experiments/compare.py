@@ -167,9 +167,11 @@ def _plots(results: str, runs: dict[str, list[dict[str, object]]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    palette = plt.get_cmap("tab20").colors  # distinct for up to 20 methods
+    colors = {method: palette[i % len(palette)] for i, method in enumerate(runs)}
     for axis, label, name in (("tokens", "sampled policy tokens", "em_vs_tokens"),
                               ("seconds", "train wall-clock (s)", "em_vs_time")):  # fmt: skip
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(9, 4.5))
         for method, seeds in runs.items():
             curves = [[(e[axis], e["em"].get("all", np.nan)) for e in s["evals"]] for s in seeds]
             curves = [c for c in curves if c]
@@ -178,24 +180,24 @@ def _plots(results: str, runs: dict[str, list[dict[str, object]]]) -> None:
             length = min(map(len, curves))
             xs = np.mean([[p[0] for p in c[:length]] for c in curves], axis=0)
             ys = np.mean([[p[1] for p in c[:length]] for c in curves], axis=0)
-            ax.plot(xs, ys, marker="o", label=method)
+            ax.plot(xs, ys, marker="o", label=method, color=colors[method])
         ax.set_xlabel(label)
         ax.set_ylabel("held-out EM (all)")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
         fig.tight_layout()
         fig.savefig(os.path.join(results, f"{name}.png"), dpi=120)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for method, seeds in runs.items():
         for i, s in enumerate(seeds):
             if s["variances"]:
                 steps, values = zip(*s["variances"])
-                ax.plot(steps, values, color=f"C{list(runs).index(method)}",
+                ax.plot(steps, values, color=colors[method],
                         label=method if i == 0 else None, alpha=0.7)  # fmt: skip
     ax.set_xlabel("train step")
     ax.set_ylabel("per-step advantage variance")
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(results, "advantage_variance.png"), dpi=120)
     plt.close(fig)
