@@ -29,7 +29,6 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from experiments.collect import load_policy
 from prm.envs import chain_arithmetic as chain
 from prm.models import ScalarHeadModel
 from prm.rewards.progress import prover_advantages
@@ -41,6 +40,7 @@ from prm.search import EngineConfig, ScalarValueFn, TreeEngine
 from prm.search.beam import BeamConfig, beam_search
 from prm.search.progress_verifier import verifier_samples, verifier_values
 from prm.search.self_train import fit_value
+from prm.training.loop import load_warm_start
 
 
 def problems_of(config: Any, num: int, split: str, seed: int) -> list[chain.ChainProblem]:
@@ -226,7 +226,7 @@ def main(argv: Sequence[str]) -> None:
     workdir = pathlib.Path(_WORKDIR.value).expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     timings, clock = {}, time.time()
-    model, tokenizer = load_policy(config.warm_start)
+    model, tokenizer = load_warm_start(config.warm_start)
     env = chain.ChainArithmeticEnv(max_extra_steps=config.rollout.max_extra_steps)
     key = jax.random.key(config.seed)
 
@@ -241,7 +241,7 @@ def main(argv: Sequence[str]) -> None:
             config.max_rows,
         )  # fmt: skip
 
-    timings["load_policy"], clock = time.time() - clock, time.time()
+    timings["load_warm_start"], clock = time.time() - clock, time.time()
 
     # 1. Q^μ targets on π's training solutions.
     policy = completer(config.policy_temperature, 0)
