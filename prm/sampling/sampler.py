@@ -15,8 +15,10 @@ logits (unless an append is asked to score its tokens), and forced tokens, forks
 lengths need no special cases.
 
 Design (after the tunix `Sampler` and big_vision's prefill/repeat/decode, see
-shared/papers/jax_anchors.md §1.3, §4.3): the model is split once per session
-(`nnx.split`), its state passed to jitted functions that `nnx.merge` inside; `_extend` writes
+shared/papers/jax_anchors.md §1.3, §4.3): each `start` takes the decode-time copy of the
+model's weights (`prm.sampling.weights`: compute dtype, bf16 kernels stored [out, in]; made
+again only when the weights changed), split once per session (`nnx.split`), its state passed
+to jitted functions that `nnx.merge` inside; `_extend` writes
 right-padded tokens into the cache (prefill and appends; `_extend_scored` also scores them),
 `_decode` is one `lax.while_loop` that stops when every row has finished. The cache is donated
 to each, so XLA updates it in place. All attend over a live *window* of cache slots, not the whole capacity:
