@@ -18,7 +18,7 @@ Sections (`--sections`, default all):
   multiturn  4 turns of 64 tokens with 192-token observations appended between them, batch 8:
              carrying the cache vs re-prefilling the context every turn, and vs the ideal (each
              prefill, decode and append timed alone on a copy of the session in its state).
-  rollout    search-env RL rollouts (`prm.envs.rollout`, BM25 over a synthetic world) in sampled
+  rollout    search-env RL rollouts (`prm.rollouts.rollout`, BM25 over a synthetic world) in sampled
              tokens/s, carrying the cache vs re-prefilling the context every turn.
 
 Timing (`experiments.benchmarking.interleave`): the candidates of a comparison run in alternating
@@ -475,8 +475,8 @@ class ReprefillSampler:
 def bench_rollout(config: ModelConfig, work: Workload, rounds: int, rule: LoadRule):
     from prm.envs import protocol
     from prm.envs.assets import load_world_assets
-    from prm.envs.rollout import RolloutConfig, rollout
     from prm.envs.synthetic_world import WorldConfig
+    from prm.rollouts.rollout import RolloutConfig, rollout
 
     assets = load_world_assets(WorldConfig())  # built once into ~/.cache/prm/worlds
     tokenizer = assets.tokenizer
@@ -496,10 +496,8 @@ def bench_rollout(config: ModelConfig, work: Workload, rounds: int, rule: LoadRu
 
     def play(sampler):
         env = protocol.SearchEnv(assets.retriever, env_config, tokenizer)
-        return rollout(
-            sampler, env, tokenizer, [q.text for q in questions], [q.answers for q in questions],
-            rollout_config,
-        )  # fmt: skip
+        tasks = [protocol.QATask(q.text, tuple(q.answers)) for q in questions]
+        return rollout(sampler, env, tokenizer, tasks, rollout_config)
 
     # No EOS: a random policy would end episodes at random; every step spends its budget.
     sampler = Sampler(model, eos_token_ids=())
