@@ -13,6 +13,12 @@ same calls made in process (its peer):
                turn sends a whole batch's queries at once), against the same batched calls
                in process.
 
+Timing (`experiments.benchmarking.interleave`): the five phases run in `--rounds` alternating
+rounds after a warm-up; each figure is a phase's best round, printed with the 1-minute load
+average and the cores other processes kept busy (the server's CPU counts as the HTTP phases'
+own); a ratio is printed only when the load held still (`--max-load-change`, `--max-others`),
+otherwise REFUSED and why.
+
 Every phase is bounded in count and by `--time_limit_s`; the server is a subprocess bound to
 127.0.0.1 with its own lifetime limit, so it stops by itself even if this script dies. Requests
 are sent without retries, so failures show up as errors rather than as latency.
@@ -27,12 +33,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bm25s
 import numpy as np
 
+from experiments.benchmarking import (
+    Case,
+    Rounds,
+    Timing,
+    add_load_rule_arguments,
+    figure,
+    format_ratio,
+    interleave,
+    load_rule,
+)
 from prm.envs.retrieval import BM25Retriever, RetrievalClient, RetrievalError, save_corpus
 
 
@@ -156,6 +173,7 @@ def run_in_process(
     wall_s = time.perf_counter() - started
     return {
         "requests": len(latencies),
+        "wall_s": wall_s,
         "queries_per_call": len(batches[0]),
         "queries_per_s": sum(len(b) for b in batches[: len(latencies)]) / wall_s,
         "p50_ms": percentile_ms(latencies, 50),
@@ -186,7 +204,17 @@ def start_server(corpus_path: Path, lifetime_s: float) -> tuple[subprocess.Popen
     return process, json.loads(line)["url"]
 
 
-def main() -> None:
+def rate_ratio(
+    rounds: Rounds, ours: Timing, ours_stats: dict, peer: Timing, peer_stats: dict
+) -> str:
+    """Our queries/s over the peer's (the phases may send different numbers of queries)."""
+    speed = rounds.ratio(peer, ours)
+    if speed is not None:
+        speed *= ours_stats["queries"] / peer_stats["queries"]
+    return format_ratio(speed, rounds, ours, peer)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num_docs", type=int, default=20_000)
     parser.add_argument("--doc_words", type=int, default=100)
@@ -198,10 +226,12 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--batch_concurrency", type=int, default=2)
     parser.add_argument("--in_process_queries", type=int, default=2_000)
-    parser.add_argument("--time_limit_s", type=float, default=120.0, help="Per phase.")
+    parser.add_argument("--time_limit_s", type=float, default=120.0, help="Per phase and round.")
     parser.add_argument("--timeout_s", type=float, default=30.0, help="Per request.")
+    parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds.")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    add_load_rule_arguments(parser)
+    args = parser.parse_args(argv)
 
     corpus, vocab, weights = synthetic_corpus(
         args.num_docs, args.doc_words, args.vocab_size, args.seed
@@ -218,61 +248,114 @@ def main() -> None:
     started = time.perf_counter()
     retriever = BM25Retriever(corpus)
     print(f"index build (in process): {time.perf_counter() - started:.2f} s")
+    native = Bm25sNative(corpus)
     single_batches = [[q] for q in single]
     batch_batches = [
         batched[i : i + args.batch_size] for i in range(0, len(batched), args.batch_size)
     ]
-    peer_single = run_in_process(
-        retriever, single_batches[: args.in_process_queries], args.topk, args.time_limit_s
-    )
-    peer_batch = run_in_process(retriever, batch_batches, args.topk, args.time_limit_s)
-    native = run_in_process(
-        Bm25sNative(corpus), single_batches[: args.in_process_queries], args.topk, args.time_limit_s
-    )
-    print(
-        f"bm25s.retrieve   : {native['requests']} calls of 1 queries, "
-        f"{native['queries_per_s']:8.1f} queries/s; latency p50 {native['p50_ms']:.2f} ms "
-        f"(prm BM25Retriever: {peer_single['queries_per_s'] / native['queries_per_s']:.2f}x)"
-    )
-    for name, stats in (("in-process single", peer_single), ("in-process batch ", peer_batch)):
-        print(
-            f"{name}: {stats['requests']} calls of {stats['queries_per_call']} queries, "
-            f"{stats['queries_per_s']:8.1f} queries/s; latency p50 {stats['p50_ms']:.2f} ms, "
-            f"p99 {stats['p99_ms']:.2f} ms"
-        )
+    in_process = single_batches[: args.in_process_queries]
+    # Each phase's stats from its fastest run (the one whose figure is printed).
+    stats: dict[str, dict] = {}
+
+    def phase(name: str, run) -> Callable[[], object]:
+        def timed() -> None:
+            result = run()
+            result["queries"] = result["queries_per_s"] * result["wall_s"]
+            if name not in stats or result["wall_s"] < stats[name]["wall_s"]:
+                stats[name] = result
+
+        return timed
+
+    def local(engine, batches) -> Callable[[], object]:
+        return lambda: run_in_process(engine, batches, args.topk, args.time_limit_s)
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus_path = Path(tmp) / "corpus.jsonl"
         save_corpus(corpus, corpus_path)
-        process, url = start_server(corpus_path, lifetime_s=3 * args.time_limit_s + 120)
+        # Five phases per round plus the warm-up, each bounded by time_limit_s.
+        lifetime = 5 * (args.rounds + 1) * args.time_limit_s + 120
+        process, url = start_server(corpus_path, lifetime_s=lifetime)
+
+        def http(batches, concurrency) -> Callable[[], object]:
+            return lambda: run_load(
+                url,
+                batches,
+                topk=args.topk,
+                concurrency=concurrency,
+                time_limit_s=args.time_limit_s,
+                timeout_s=args.timeout_s,
+            )
+
         try:
-            phases = [
-                ("http-single      ", single_batches, args.concurrency, peer_single),
-                ("http-batch       ", batch_batches, args.batch_concurrency, peer_batch),
-            ]
-            for name, batches, concurrency, peer in phases:
-                stats = run_load(
-                    url,
-                    batches,
-                    topk=args.topk,
-                    concurrency=concurrency,
-                    time_limit_s=args.time_limit_s,
-                    timeout_s=args.timeout_s,
-                )
-                print(
-                    f"{name}: {stats['requests']}/{len(batches)} requests "
-                    f"({len(batches[0])} queries each) at concurrency {concurrency}, "
-                    f"{stats['errors']} errors, {stats['wall_s']:.1f} s; "
-                    f"{stats['requests_per_s']:8.1f} requests/s, "
-                    f"{stats['queries_per_s']:8.1f} queries/s "
-                    f"({stats['queries_per_s'] / peer['queries_per_s']:.2f}x in-process); "
-                    f"latency p50 "
-                    f"{stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms, "
-                    f"max {stats['max_ms']:.1f} ms"
-                )
+            rounds = interleave(
+                {
+                    "in-process single": phase("in-process single", local(retriever, in_process)),
+                    "bm25s single": phase("bm25s single", local(native, in_process)),
+                    "in-process batch": phase("in-process batch", local(retriever, batch_batches)),
+                    "http single": Case(
+                        phase("http single", http(single_batches, args.concurrency)),
+                        processes=(process.pid,),
+                    ),
+                    "http batch": Case(
+                        phase("http batch", http(batch_batches, args.batch_concurrency)),
+                        processes=(process.pid,),
+                    ),
+                },
+                rounds=args.rounds,
+                rule=load_rule(args),
+            )
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+    native_stats, single_stats = stats["bm25s single"], stats["in-process single"]
+    print(
+        figure(
+            "bm25s.retrieve   :",
+            rounds["bm25s single"],
+            f"{native_stats['requests']} calls of 1 queries, "
+            f"{native_stats['queries_per_s']:8.1f} queries/s; latency p50 "
+            f"{native_stats['p50_ms']:.2f} ms",
+        )
+        + " (prm BM25Retriever: "
+        + rate_ratio(
+            rounds,
+            rounds["in-process single"],
+            single_stats,
+            rounds["bm25s single"],
+            native_stats,
+        )
+        + ")"
+    )
+    for name in ("in-process single", "in-process batch"):
+        s = stats[name]
+        print(
+            figure(
+                f"{name:17s}:",
+                rounds[name],
+                f"{s['requests']} calls of {s['queries_per_call']} queries, "
+                f"{s['queries_per_s']:8.1f} queries/s; latency p50 {s['p50_ms']:.2f} ms, "
+                f"p99 {s['p99_ms']:.2f} ms",
+            )
+        )
+    for name, batches, concurrency, peer in (
+        ("http single", single_batches, args.concurrency, "in-process single"),
+        ("http batch", batch_batches, args.batch_concurrency, "in-process batch"),
+    ):
+        s = stats[name]
+        print(
+            figure(
+                f"{name:17s}:",
+                rounds[name],
+                f"{s['requests']}/{len(batches)} requests ({len(batches[0])} queries each) at "
+                f"concurrency {concurrency}, {s['errors']} errors, {s['wall_s']:.1f} s; "
+                f"{s['requests_per_s']:8.1f} requests/s, {s['queries_per_s']:8.1f} queries/s",
+            )
+            + f" ({rate_ratio(rounds, rounds[name], s, rounds[peer], stats[peer])} in-process)"
+            + f"; latency p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
+            f"max {s['max_ms']:.1f} ms"
+        )
+    print(f"rounds' load {min(rounds.loads):.2f}..{max(rounds.loads):.2f}")
 
 
 if __name__ == "__main__":

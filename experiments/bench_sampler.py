@@ -18,7 +18,7 @@ Sections (`--sections`, default all):
   multiturn  4 turns of 64 tokens with 192-token observations appended between them, batch 8:
              carrying the cache vs re-prefilling the context every turn, and vs the ideal (each
              prefill, decode and append timed alone on a copy of the session in its state).
-  rollout    search-env RL rollouts (`prm.envs.rollout`, BM25 over a synthetic world) in sampled
+  rollout    search-env RL rollouts (`prm.rollouts.rollout`, BM25 over a synthetic world) in sampled
              tokens/s, carrying the cache vs re-prefilling the context every turn.
 
 Timing (`experiments.benchmarking.interleave`): the candidates of a comparison run in alternating
@@ -45,13 +45,17 @@ from flax import nnx
 from experiments.benchmarking import (
     Case,
     LoadRule,
-    Timing,
+    add_load_rule_arguments,
+    figure,
     format_ratio,
     interleave,
+    load_rule,
+    torch_peer,
     verdict,
 )
 from prm.models import ModelConfig, Transformer, save_pretrained
 from prm.sampling import Sampler, SamplingParams, Session
+from prm.sampling.weights import decode_copy
 
 CONFIGS = {
     # ~1.05M parameters (tied embeddings).
@@ -98,6 +102,7 @@ class Workload:
     new_tokens: int = 128
     capacities: tuple[int, ...] = (96, 1024, 4096)
     capacity_tokens: int = 16
+    weights_tokens: int = 32
     prefix_lens: tuple[int, ...] = (256, 1024)
     siblings: tuple[int, ...] = (4, 8, 16)
     sibling_tokens: int = 64
@@ -116,6 +121,7 @@ QUICK = Workload(
     new_tokens=16,
     capacities=(96, 1024),
     capacity_tokens=8,
+    weights_tokens=8,
     prefix_lens=(128,),
     siblings=(4,),
     sibling_tokens=16,
@@ -159,10 +165,6 @@ def random_tokens(rng: np.random.Generator, vocab: int, *shape: int) -> np.ndarr
     return rng.integers(16, vocab, size=shape)
 
 
-def figure(label: str, timing: Timing, value: str) -> str:
-    return f"{label} {value} [{timing.describe()}]"
-
-
 def bench_decode(name: str, dtype_name: str, work: Workload, rounds: int, rule: LoadRule):
     import torch
     import transformers
@@ -192,13 +194,6 @@ def bench_decode(name: str, dtype_name: str, work: Workload, rounds: int, rule: 
                 pad_token_id=0,
             )
 
-    def hf_threads(count: int):
-        def setup() -> tuple:
-            torch.set_num_threads(count)
-            return ()
-
-        return setup
-
     sampler = Sampler(model, eos_token_ids=())
     start = lambda: sampler.start(prompts.tolist(), reserve=n)
     host = np.ones(2**27, np.float32)  # 512 MiB: far beyond the CPU caches
@@ -209,8 +204,7 @@ def bench_decode(name: str, dtype_name: str, work: Workload, rounds: int, rule: 
         {
             "prm": lambda: start().generate(n).tokens,
             "prm decode": Case(lambda s: s.generate(n).tokens, setup=lambda: (ready(start()),)),
-            "HF 1 thread": Case(hf_generate, setup=hf_threads(1)),
-            "HF 2 threads": Case(hf_generate, setup=hf_threads(2)),
+            **torch_peer("HF", hf_generate),
             "read numpy": lambda: [host.sum() for _ in range(reads)],
             "read XLA": lambda: [reduce(device) for _ in range(reads)],
         },
@@ -261,6 +255,48 @@ def bench_decode(name: str, dtype_name: str, work: Workload, rounds: int, rule: 
     print(
         f"    agreement with HF: greedy prefix {agreement:.1%}, >= {distinct} distinct tokens "
         f"per row, log-prob gap on prm's tokens {logprob_gap:.1e} | rounds' load "
+        f"{min(result.loads):.2f}..{max(result.loads):.2f}"
+    )
+
+
+def bench_weights(name: str, dtypes: str, work: Workload, rounds: int, rule: LoadRule):
+    """Decode with the decode-time weight copy (`Sampler(decode_copy=True)`) against without."""
+    param_dtype, dtype = (DTYPES[d] for d in dtypes.split("/"))
+    config = dataclasses.replace(CONFIGS[name], dtype=dtype, param_dtype=param_dtype)
+    model = bench_model(config)
+    prompts = random_tokens(
+        np.random.default_rng(4), config.vocab_size, work.batch, work.prompt_len
+    ).tolist()
+    n = work.weights_tokens
+    samplers = {
+        "copy": Sampler(model, eos_token_ids=(), decode_copy=True),
+        "model's": Sampler(model, eos_token_ids=(), decode_copy=False),
+    }
+    generations = {k: s.start(prompts, reserve=n).generate(n) for k, s in samplers.items()}
+    same = np.array_equal(generations["copy"].tokens, generations["model's"].tokens)
+    gap = float(np.max(np.abs(generations["copy"].logprobs - generations["model's"].logprobs)))
+    cases = {
+        f"{k} weights": Case(
+            lambda s: s.generate(n).tokens,
+            setup=lambda sampler=sampler: (ready(sampler.start(prompts, reserve=n)),),
+        )
+        for k, sampler in samplers.items()
+    }
+    cases["copy made"] = lambda: nnx.state(decode_copy(model, config.dtype))
+    result = interleave(cases, rounds=rounds, rule=rule)
+    copied, plain = result["copy weights"], result["model's weights"]
+    speedup = result.ratio(plain, copied)
+    print(
+        f"weights {name:>4} params {dtypes.split('/')[0]}, compute {dtypes.split('/')[1]}: "
+        f"decode batch {work.batch} x {n} tokens: "
+        + figure("with the copy", copied, f"{copied.seconds / n * 1e3:.2f} ms/step")
+        + " | "
+        + figure("model's weights", plain, f"{plain.seconds / n * 1e3:.2f} ms/step")
+        + f" | copy made in {result['copy made'].seconds * 1e3:.1f} ms"
+    )
+    print(
+        f"    model's / copy {format_ratio(speedup, result, plain, copied)} | same tokens: "
+        f"{same}, log-prob gap {gap:.1e} | rounds' load "
         f"{min(result.loads):.2f}..{max(result.loads):.2f}"
     )
 
@@ -439,8 +475,8 @@ class ReprefillSampler:
 def bench_rollout(config: ModelConfig, work: Workload, rounds: int, rule: LoadRule):
     from prm.envs import protocol
     from prm.envs.assets import load_world_assets
-    from prm.envs.rollout import RolloutConfig, rollout
     from prm.envs.synthetic_world import WorldConfig
+    from prm.rollouts.rollout import RolloutConfig, rollout
 
     assets = load_world_assets(WorldConfig())  # built once into ~/.cache/prm/worlds
     tokenizer = assets.tokenizer
@@ -460,10 +496,8 @@ def bench_rollout(config: ModelConfig, work: Workload, rounds: int, rule: LoadRu
 
     def play(sampler):
         env = protocol.SearchEnv(assets.retriever, env_config, tokenizer)
-        return rollout(
-            sampler, env, tokenizer, [q.text for q in questions], [q.answers for q in questions],
-            rollout_config,
-        )  # fmt: skip
+        tasks = [protocol.QATask(q.text, tuple(q.answers)) for q in questions]
+        return rollout(sampler, env, tokenizer, tasks, rollout_config)
 
     # No EOS: a random policy would end episodes at random; every step spends its budget.
     sampler = Sampler(model, eos_token_ids=())
@@ -500,15 +534,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--sections",
-        default="decode,capacity,fork,multiturn,rollout",
-        help="comma-separated subset of decode,capacity,fork,multiturn,rollout",
+        default="decode,weights,capacity,fork,multiturn,rollout",
+        help="comma-separated subset of decode,weights,capacity,fork,multiturn,rollout",
     )
-    parser.add_argument("--max-load-change", type=float, default=LoadRule.max_load_change)
-    parser.add_argument("--max-others", type=float, default=LoadRule.max_others)
+    add_load_rule_arguments(parser)
     args = parser.parse_args(argv)
     work = QUICK if args.quick else Workload()
     rounds = 1 if args.quick else args.rounds
-    rule = LoadRule(max_load_change=args.max_load_change, max_others=args.max_others)
+    rule = load_rule(args)
     sections = set(args.sections.split(","))
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {rounds} rounds, {rule}, {work}")
 
@@ -517,6 +550,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, dtype_name in decode_runs[:1] if args.quick else decode_runs:
             bench_decode(name, dtype_name, work, rounds, rule)
     config = CONFIGS["tiny" if args.quick else args.model]
+    if "weights" in sections:
+        weight_runs = [("tiny", "f32/f32"), ("100m", "f32/f32"), ("100m", "bf16/bf16")]
+        weight_runs.append(("100m", "f32/bf16"))
+        for name, dtypes in weight_runs[:1] if args.quick else weight_runs:
+            bench_weights(name, dtypes, work, rounds, rule)
     if "capacity" in sections:
         bench_capacity(config, work, rounds, rule)
     model = bench_model(config)

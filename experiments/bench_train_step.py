@@ -12,22 +12,34 @@ tunix's RL trainer runs, with `grpo_loss_fn` configured alike (β=0.001 `low_var
 ε=0.2, dual clip 3, token-mean; it always computes entropy). Both: a Qwen3-style decoder of the
 same shape in float32, AdamW after global-norm clipping, one update per step.
 
-Timing: after 2 warm-up (compile) steps, each step is timed to `block_until_ready`; a round's
-time is the median of `steps` steps. The two sides alternate rounds (the tunix process waits
-while prm runs and vice versa), so a shared, noisy machine loads both alike; the reported
-number is each side's best round. tokens/s = batch × (prompt + completion) / step time.
+Timing (`experiments.benchmarking.interleave`): after 2 warm-up (compile) steps per side, a
+round runs `steps` steps of one side, each waited on with `block_until_ready`; the sides
+alternate rounds (the tunix process waits while prm runs and vice versa) and each figure is a
+side's best round over `--repeats` rounds, divided by `steps`, printed with the 1-minute load
+average and the cores other processes kept busy (the tunix worker's CPU counts as its side's
+own). The ratio is printed only when the load held still (`--max-load-change`,
+`--max-others`), otherwise REFUSED and why. tokens/s = batch × (prompt + completion) / step
+time.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
+
+from experiments.benchmarking import (
+    Case,
+    add_load_rule_arguments,
+    figure,
+    format_ratio,
+    interleave,
+    load_rule,
+    verdict,
+)
 
 SHAPE = dict(num_layers=4, vocab_size=4096, hidden_size=256, num_heads=8, num_kv_heads=4,
              head_dim=32, intermediate_size=768, rope_theta=1_000_000.0, rms_norm_eps=1e-6)  # fmt: skip
@@ -47,13 +59,9 @@ def _synthetic(seed: int = 0):
     return prompt, completion, advantages, old, ref
 
 
-def _median_step(step, steps: int) -> float:
-    times = []
+def _run_steps(step, steps: int) -> None:
     for _ in range(steps):
-        start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _register_policy_update_trainer() -> None:
@@ -180,27 +188,31 @@ def tunix_step():
 
 
 def tunix_worker(steps: int) -> None:
-    """Runs in the tunix venv: one timed round per line read from stdin."""
+    """Runs in the tunix venv: `steps` steps per line read from stdin, then answers "done"."""
     step = tunix_step()
     print("ready", flush=True)
     for _ in sys.stdin:
-        print(json.dumps({"step_s": _median_step(step, steps)}), flush=True)
+        _run_steps(step, steps)
+        print("done", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="rounds per side")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per side")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--tunix_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--tunix_python", default=os.path.expanduser("~/.cache/prm/bench-tunix/bin/python")
     )
-    args = parser.parse_args()
+    add_load_rule_arguments(parser)
+    args = parser.parse_args(argv)
     if args.tunix_worker:
         tunix_worker(args.steps)
         return
     worker = subprocess.Popen(
-        [args.tunix_python, __file__, "--tunix_worker", f"--steps={args.steps}"],
+        [args.tunix_python, "-m", "experiments.bench_train_step", "--tunix_worker"]
+        + [f"--steps={args.steps}"],
+        cwd=Path(__file__).resolve().parents[1],  # the repository root, for `-m`
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -209,24 +221,45 @@ def main() -> None:
     step = prm_step()
     if worker.stdout.readline().strip() != "ready":
         sys.exit(f"tunix side failed to start (exit code {worker.wait()}); run it alone with "
-                 f"{args.tunix_python} {__file__} --tunix_worker to see why.")  # fmt: skip
-    prm_rounds, tunix_rounds = [], []
-    for _ in range(args.repeats):
-        prm_rounds.append(_median_step(step, args.steps))
+                 f"{args.tunix_python} -m experiments.bench_train_step --tunix_worker to see "
+                 "why.")  # fmt: skip
+
+    def tunix_round() -> None:
         worker.stdin.write("go\n")
         worker.stdin.flush()
-        tunix_rounds.append(json.loads(worker.stdout.readline())["step_s"])
-    worker.stdin.close()
-    worker.wait()
-    prm_s, tunix_s = min(prm_rounds), min(tunix_rounds)
+        if worker.stdout.readline().strip() != "done":
+            raise RuntimeError(f"tunix worker stopped (exit code {worker.poll()}).")
+
+    try:
+        result = interleave(
+            {
+                "prm": lambda: _run_steps(step, args.steps),
+                "tunix": Case(tunix_round, processes=(worker.pid,)),
+            },
+            rounds=args.repeats,
+            rule=load_rule(args),
+        )
+    finally:
+        worker.stdin.close()
+        worker.wait()
+    prm, tunix = result["prm"], result["tunix"]
     tokens = BATCH * (PROMPT + COMPLETION)
     print(f"model {SHAPE}, batch {BATCH}×({PROMPT}+{COMPLETION}) tokens, float32, CPU")
-    print(f"prm   rounds (ms): {[round(t * 1e3) for t in prm_rounds]}")
-    print(f"tunix rounds (ms): {[round(t * 1e3) for t in tunix_rounds]}")
-    print(f"prm   step {prm_s * 1e3:8.1f} ms  {tokens / prm_s:10.0f} tokens/s")
-    print(f"tunix step {tunix_s * 1e3:8.1f} ms  {tokens / tunix_s:10.0f} tokens/s")
-    print(f"speed-up prm / tunix: {tunix_s / prm_s:.2f}x (best of {args.repeats} rounds × "
-          f"{args.steps} steps, interleaved)")  # fmt: skip
+    for name, timing in (("prm  ", prm), ("tunix", tunix)):
+        seconds = timing.seconds / args.steps
+        print(
+            figure(
+                f"{name} step",
+                timing,
+                f"{seconds * 1e3:8.1f} ms  {tokens / seconds:10.0f} tokens/s",
+            )
+        )
+    speedup = result.ratio(tunix, prm)
+    print(
+        f"speed-up prm / tunix: {format_ratio(speedup, result, tunix, prm)} "
+        f"{verdict(speedup, 1.2)} (best of {args.repeats} interleaved rounds × {args.steps} "
+        f"steps; rounds' load {min(result.loads):.2f}..{max(result.loads):.2f})"
+    )
 
 
 if __name__ == "__main__":

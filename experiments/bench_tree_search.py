@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from experiments.benchmarking import format_ratio, interleave, load_average
+from experiments.benchmarking import LoadRule, format_ratio, interleave, load_average
 from prm.envs.protocol import Action, StepResult
 from prm.models import ModelConfig, Transformer
 from prm.sampling import Sampler, SamplingParams
@@ -38,6 +38,12 @@ _STEP = flags.DEFINE_integer("step", 16, "Tokens per step.")
 _DEPTH = flags.DEFINE_integer("depth", 6, "Steps per episode.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Interleaved timing rounds.")
 _HIDDEN = flags.DEFINE_integer("hidden", 256, "Policy hidden size (4 layers).")
+_MAX_LOAD_CHANGE = flags.DEFINE_float(
+    "max_load_change", LoadRule.max_load_change, "LoadRule: above it the ratio is refused."
+)
+_MAX_OTHERS = flags.DEFINE_float(
+    "max_others", LoadRule.max_others, "LoadRule: above it the ratio is refused."
+)
 
 VOCAB = 512
 
@@ -140,6 +146,7 @@ def main(argv):
                 "prefill": lambda n=iterations: run(n, False),
             },
             rounds=_ROUNDS.value,
+            rule=LoadRule(_MAX_LOAD_CHANGE.value, _MAX_OTHERS.value),
         )
         nodes = sum(len(t.nodes) for t in reuse_trees)
         per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4

@@ -5,11 +5,13 @@ between them can be trusted on a shared machine: the candidates run in alternati
 (A B C, C B A, ...), so a burst of outside load hits every candidate rather than one; every
 timed run records the 1-minute load average and the cores other processes kept busy during it;
 and `Rounds.ratio` refuses to compare two figures when the load moved too much between rounds
-or when other processes were busy during either figure (`LoadRule`).
+or when other processes were busy during either figure (`LoadRule`). A torch peer runs pinned
+to 1 and to 2 threads (`torch_peer`) and its faster figure is taken (`Rounds.best`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -59,6 +61,17 @@ def _busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    """CPU seconds process `pid` has spent (user + system; Linux /proc; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the parenthesised name: utime and stime are the 12th and 13th.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """One candidate's best run of an `interleave`.
@@ -92,10 +105,15 @@ class LoadRule:
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """A candidate: `fn(*setup())` is timed; `setup` (untimed) builds fresh inputs per run."""
+    """A candidate: `fn(*setup())` is timed; `setup` (untimed) builds fresh inputs per run.
+
+    processes: ids of the processes the case's work runs in besides this one (a server, a
+    peer's worker): their CPU time counts as the case's own, not as other processes' load.
+    """
 
     fn: Callable[..., Any]
     setup: Callable[[], tuple] | None = None
+    processes: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +167,16 @@ def interleave(
         raise ValueError(f"interleave() needs rounds >= 1, got {rounds}.")
     cases = {n: c if isinstance(c, Case) else Case(c) for n, c in cases.items()}
 
+    def own_cpu_seconds(case: Case) -> float:
+        return time.process_time() + sum(map(_process_cpu_seconds, case.processes))
+
     def run(case: Case) -> tuple[float, float]:
         args = case.setup() if case.setup is not None else ()
-        busy, own = _busy_cpu_seconds(), time.process_time()
+        busy, own = _busy_cpu_seconds(), own_cpu_seconds(case)
         start = time.perf_counter()
         jax.block_until_ready(case.fn(*args))
         wall = time.perf_counter() - start
-        others = (_busy_cpu_seconds() - busy - (time.process_time() - own)) / wall
+        others = (_busy_cpu_seconds() - busy - (own_cpu_seconds(case) - own)) / wall
         return wall, max(others, 0.0)
 
     for case in cases.values():
@@ -187,3 +208,51 @@ def verdict(value: float | None, target: float, *, at_most: bool = False) -> str
         return ""
     met = value <= target if at_most else value >= target
     return f"(target {'<=' if at_most else '>='} {target:g}: {'met' if met else 'MISSED'})"
+
+
+# The peer's thread counts: on a shared 2-core machine 2-thread torch can collapse when another
+# process takes a core, while 1 thread holds up; the peer's figure is the faster of the two.
+PEER_THREADS = (1, 2)
+
+
+def torch_peer(
+    name: str, fn: Callable[[], Any], threads: Sequence[int] = PEER_THREADS
+) -> dict[str, Case]:
+    """`fn` (a torch workload) as one case per thread count, pinned by its untimed setup.
+
+    Take the peer's figure with `Rounds.best(list(cases))`. The last run leaves torch at its
+    thread count; callers restore `torch.set_num_threads` when they use torch afterwards.
+    """
+    import torch
+
+    def pin(count: int) -> Callable[[], tuple]:
+        def setup() -> tuple:
+            torch.set_num_threads(count)
+            return ()
+
+        return setup
+
+    return {f"{name} {n} thread{'s' if n > 1 else ''}": Case(fn, setup=pin(n)) for n in threads}
+
+
+def add_load_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-load-change and --max-others (also spelt with underscores), see `LoadRule`."""
+    for field in dataclasses.fields(LoadRule):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            f"--{field.name}",
+            dest=field.name,
+            type=float,
+            default=field.default,
+            help=f"LoadRule.{field.name}: above it a ratio is refused",
+        )
+
+
+def load_rule(args: argparse.Namespace) -> LoadRule:
+    """The `LoadRule` of arguments added by `add_load_rule_arguments`."""
+    return LoadRule(max_load_change=args.max_load_change, max_others=args.max_others)
+
+
+def figure(label: str, timing: Timing, value: str) -> str:
+    """`label value [load .., others .. cores]`: a figure printed with the load it ran under."""
+    return f"{label} {value} [{timing.describe()}]"

@@ -15,8 +15,10 @@ logits (unless an append is asked to score its tokens), and forced tokens, forks
 lengths need no special cases.
 
 Design (after the tunix `Sampler` and big_vision's prefill/repeat/decode, see
-shared/papers/jax_anchors.md §1.3, §4.3): the model is split once per session
-(`nnx.split`), its state passed to jitted functions that `nnx.merge` inside; `_extend` writes
+shared/papers/jax_anchors.md §1.3, §4.3): each `start` takes the decode-time copy of the
+model's weights (`prm.sampling.weights`: compute dtype, bf16 kernels stored [out, in]; made
+again only when the weights changed), split once per session (`nnx.split`), its state passed
+to jitted functions that `nnx.merge` inside; `_extend` writes
 right-padded tokens into the cache (prefill and appends; `_extend_scored` also scores them),
 `_decode` is one `lax.while_loop` that stops when every row has finished. The cache is donated
 to each, so XLA updates it in place. All attend over a live *window* of cache slots, not the whole capacity:
@@ -50,6 +52,7 @@ from flax import nnx, struct
 from prm.models import KVCache, Transformer, chunked_logprobs
 from prm.sampling.filters import GREEDY, SamplingParams, sample_tokens
 from prm.sampling.stops import NO_TOKEN, match_stops, pack_stops, push_tail
+from prm.sampling.weights import DecodeWeights
 
 Tokens = Sequence[int]
 
@@ -243,6 +246,9 @@ class Sampler:
       cache_dtype: KV cache dtype; defaults to the model's activation dtype.
       min_capacity: smallest cache length allocated. Capacities, like the number of tokens
         prefilled per call, are bucketed to 2^i or 3 * 2^(i-1) to bound recompiles.
+      decode_copy: sample from a copy of the weights in the layout and dtype a decode step
+        reads fastest (`prm.sampling.weights`), made at the first `start` after the weights
+        change; False samples from the model's own arrays.
     """
 
     def __init__(
@@ -253,6 +259,7 @@ class Sampler:
         pad_token_id: int | None = None,
         cache_dtype: Any = None,
         min_capacity: int = 64,
+        decode_copy: bool = True,
     ):
         config = model.config
         self.model = model
@@ -265,6 +272,7 @@ class Sampler:
         self.pad_token_id = int(pad_token_id)
         self.cache_dtype = config.dtype if cache_dtype is None else cache_dtype
         self.min_capacity = min_capacity
+        self._weights = DecodeWeights(model, config.dtype) if decode_copy else None
 
     def capacity_for(self, num_slots: int) -> int:
         """The bucketed cache length that holds num_slots tokens per row."""
@@ -286,7 +294,7 @@ class Sampler:
             raise ValueError("start() needs at least one prompt.")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("Every prompt needs at least one token (e.g. the BOS token).")
-        graphdef, params = nnx.split(self.model)
+        graphdef, params = self._weights() if self._weights else nnx.split(self.model)
         longest = max(len(p) for p in prompts)
         cache = KVCache.init(
             self.config, len(prompts), self.capacity_for(longest + reserve), self.cache_dtype

@@ -1,6 +1,10 @@
 """Interleaved timing and the load rule that decides whether a ratio is printed."""
 
+import argparse
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -9,8 +13,12 @@ from experiments.benchmarking import (
     LoadRule,
     Rounds,
     Timing,
+    _process_cpu_seconds,
+    add_load_rule_arguments,
     format_ratio,
     interleave,
+    load_rule,
+    torch_peer,
     verdict,
 )
 
@@ -55,3 +63,48 @@ def test_best_picks_the_fastest_and_verdicts_read_targets():
     assert verdict(None, 1.5) == ""
     with pytest.raises(ValueError, match="rounds >= 1"):
         interleave({}, rounds=0)
+
+
+def test_torch_peer_pins_each_thread_count_in_its_untimed_setup():
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    seen = []
+    cases = torch_peer("HF", lambda: seen.append(torch.get_num_threads()), threads=(1, 2))
+    assert list(cases) == ["HF 1 thread", "HF 2 threads"]
+    result = interleave(cases, rounds=1)
+    torch.set_num_threads(threads)
+    assert seen == [1, 2, 1, 2]  # warm-up, then round 0 (in order)
+    assert result.best(list(cases))[0] in cases
+
+
+def test_load_rule_arguments_take_both_spellings():
+    parser = argparse.ArgumentParser()
+    add_load_rule_arguments(parser)
+    assert load_rule(parser.parse_args([])) == LoadRule()
+    args = parser.parse_args(["--max-load-change=2.5", "--max_others=0.25"])
+    assert load_rule(args) == LoadRule(max_load_change=2.5, max_others=0.25)
+
+
+def test_a_helper_processes_cpu_time_is_read_from_proc():
+    # A child spins for 0.3 s of CPU, says so, then waits: its CPU time is what a Case naming
+    # it counts as its own work rather than as other processes' load.
+    spin = (
+        "import time, sys\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.3: pass\n"
+        "print('spun', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "spun"
+        spent = _process_cpu_seconds(child.pid)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("no /proc on this system")
+    assert 0.25 <= spent < 5.0  # /proc counts in 10 ms ticks
+    assert _process_cpu_seconds(child.pid) == 0.0  # reaped: nothing left to count
