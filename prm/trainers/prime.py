@@ -102,6 +102,7 @@ class KeptGroups:
 
     rows: dict[str, list[np.ndarray]]
     sampled_groups: int = 0
+    sampled_tokens: float = 0.0  # policy tokens of every rollout of every round, kept or not
     sampled_em: list[float] = dataclasses.field(default_factory=list)
     rounds: int = 0
 
@@ -195,6 +196,7 @@ class PrimeTrainer(WorldRLTrainer):
             em = trajectories.em.astype(np.float32)
             keep = accuracy_filter(em.reshape(-1, k), low, high)
             kept.sampled_groups += len(keep)
+            kept.sampled_tokens += float(trajectories.loss_mask.sum())
             kept.sampled_em.append(float(em.mean()))
             arrays = {**{n: getattr(trajectories, n) for n in names[:-1]}, "em": em}
             for g in np.flatnonzero(keep)[: wanted - kept.count]:
@@ -230,7 +232,9 @@ class PrimeTrainer(WorldRLTrainer):
             "exact_match": float(em[: kept.count * k].mean()),  # the kept rollouts
             "turns": float((arrays["step_id"].max(axis=1) + 1)[: kept.count * k].mean()),
             "rollout_time_s": rollout_s,
-            "sampled_tokens": float(mask.sum()),
+            # The budget axis counts what the filter threw away too; trained_tokens what it kept.
+            "sampled_tokens": kept.sampled_tokens,
+            "trained_tokens": float(mask.sum()),
         }
         batch_extra = {"outcome": em}
         if self.prime.process_rewards:

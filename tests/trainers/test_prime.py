@@ -137,6 +137,8 @@ def test_failing_groups_never_fill_the_batch(tmp_path, monkeypatch, models):
     batch, metrics = trainer.next_batch(models, 1, jax.random.PRNGKey(0))
     assert metrics["filter/kept_groups"] == 2 and metrics["filter/rounds"] == 2
     assert metrics["filter/kept_fraction"] == 0.5
+    # 6 policy tokens per row: 2 rounds × 4 rows sampled, 4 rows kept.
+    assert metrics["sampled_tokens"] == 48 and metrics["trained_tokens"] == 24
     np.testing.assert_array_equal(batch["outcome"], [1, 0, 0, 1])
     # The kept rows are the second group of each round, in order (row tags 2, 3 then 2, 3).
     np.testing.assert_array_equal(batch["tokens"][:, 0], [202, 203, 202, 203])
