@@ -201,7 +201,7 @@ def kl_penalty(
         k1 = −d                  unbiased value, high variance, can be negative;
         k2 = d²/2                biased value, low variance;
         k3 = exp(d) − d − 1      unbiased value, low variance, ≥ 0 (verl's `low_var_kl`, GRPO's
-                                 DeepSeekMath Eq. 4; d clamped to ±20 and k3 to ±10 as in verl).
+                                 DeepSeekMath Eq. 4; d clamped to ±20 and k3 to ≤ 10 as in verl).
 
     Aggregate with `aggregate_loss` for a KL loss (GRPO, SLATE: coefficient 0.001), or subtract
     β·k1 from token rewards for an in-reward penalty (Search-R1/StepSearch PPO). As a *loss*
@@ -221,7 +221,9 @@ def kl_penalty(
         kl = 0.5 * jnp.square(log_ratio)
     elif estimator == "k3":
         log_ratio = jnp.clip(log_ratio, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-        kl = jnp.clip(jnp.exp(log_ratio) - log_ratio - 1.0, -_MAX_K3, _MAX_K3)
+        # expm1 keeps k3 accurate near d = 0, where exp(d) − 1 − d rounds below 0 in float32
+        # (d = 6e-8 gave −6e-8); the lower clip removes what rounding is left.
+        kl = jnp.clip(jnp.expm1(log_ratio) - log_ratio, 0.0, _MAX_K3)
     else:
         raise ValueError(f"Unknown KL estimator {estimator!r}; choose 'k1', 'k2' or 'k3'.")
     return jnp.where(mask, kl, 0.0)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -269,6 +269,11 @@ def test_k1_and_k3_are_unbiased_on_a_categorical():
     hnp.arrays(np.float32, (2, 6), elements=st.floats(-30, 0, width=32)),
     hnp.arrays(np.float32, (2, 6), elements=st.floats(-30, 0, width=32)),
     hnp.arrays(np.bool_, (2, 6)),
+)
+@example(  # found by hypothesis: exp(d) − d − 1 rounded to −6e-8 in float32 at d = 6e-8
+    np.array([[-5.9604645e-08] + [0.0] * 5, [0.0] * 6], np.float32),
+    np.zeros((2, 6), np.float32),
+    np.ones((2, 6), bool),
 )
 def test_k3_is_non_negative_bounded_and_masked(logprobs, ref, mask):
     k3 = np.asarray(kl_penalty(jnp.asarray(logprobs), jnp.asarray(ref), jnp.asarray(mask)))
