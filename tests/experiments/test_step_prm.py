@@ -65,7 +65,7 @@ def test_step_scores_reads_every_prefix_in_order():
 def test_smoke_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     problem = chain.generate_problems(1, seed=0)[0]
-    steps = list(problem.gold_steps)
+    steps = list(problem.gold_steps())
     row = {
         "prompt": problem.prompt,
         "steps": steps,
