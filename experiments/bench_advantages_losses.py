@@ -1,22 +1,35 @@
 """Benchmarks for prm.advantages / prm.losses against peers, printed as ratios in one run.
 
-  .venv/bin/python -m experiments.bench_advantages_losses
+  python -m experiments.bench_advantages_losses --rounds=5
 
 GAE: prm's jitted reverse lax.scan vs (a) the same recurrence as a log-depth associative scan
 in JAX and (b) a per-timestep torch loop shaped like verl's `compute_gae_advantage_return`.
 Entropy: prm's token_entropy (all at once / chunked) vs the naive −Σ softmax·log_softmax, value
-and gradient: wall time and XLA temp memory of the compiled function.
+and gradient: wall time and XLA temp memory of the compiled function. Timing:
+`experiments.benchmarking.interleave` (alternating rounds, the load recorded with every figure,
+the torch peer pinned to 1 and 2 threads and its faster figure taken); a ratio is refused when
+the load moved.
 """
 
+import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from experiments.benchmarking import best_seconds
+from experiments.benchmarking import (
+    Rounds,
+    add_load_rule_arguments,
+    figure,
+    format_ratio,
+    interleave,
+    load_average,
+    load_rule,
+    repeated,
+    torch_peer,
+)
 from prm.advantages import generalized_advantage_estimation
 from prm.losses import token_entropy
 
@@ -60,28 +73,54 @@ def torch_gae(rewards, values, mask, gamma, lam):
     return out
 
 
-def bench_gae():
+def per_call_figures(result: Rounds, calls: dict[str, int], base: str) -> str:
+    """Each case's time per call, and its ratio to `base`'s (refused when the load moved)."""
+
+    def per_call(name: str) -> float:
+        return result[name].seconds / calls[name]
+
+    parts = []
+    for name in calls:
+        ratio = result.ratio(result[name], result[base])
+        if ratio is not None:
+            ratio = per_call(name) / per_call(base)
+        text = f"{per_call(name) * 1e3:8.2f} ms"
+        if name != base:
+            text += f" ({format_ratio(ratio, result, result[name], result[base])} {base})"
+        parts.append(figure(name, result[name], text))
+    return " | ".join(parts)
+
+
+def bench_gae(args):
     rng = np.random.default_rng(0)
-    print("GAE (γ=0.99, λ=0.95, 20% masked tokens), float32, ms per call")
+    print("GAE (γ=0.99, λ=0.95, 20% masked tokens), float32, time per call")
     for batch, length in [(64, 512), (64, 4096), (512, 1024)]:
         r, v = rng.normal(size=(2, batch, length)).astype(np.float32)
         m = rng.random((batch, length)) < 0.8
-        args = (jnp.asarray(r), jnp.asarray(v), jnp.asarray(m))
+        args_jax = (jnp.asarray(r), jnp.asarray(v), jnp.asarray(m))
+        args_torch = (torch.from_numpy(r), torch.from_numpy(v), torch.from_numpy(m))
         ours = jax.jit(functools.partial(generalized_advantage_estimation, gamma=0.99, lam=0.95))
         assoc = jax.jit(functools.partial(associative_gae, gamma=0.99, lam=0.95))
-        t_ours = best_seconds(ours, *args, repeats=10)
-        t_assoc = best_seconds(assoc, *args, repeats=10)
-        targs = (torch.from_numpy(r), torch.from_numpy(v), torch.from_numpy(m))
-        start = time.perf_counter()
-        expected = torch_gae(*targs, 0.99, 0.95)
-        t_torch = time.perf_counter() - start
-        err = np.abs(np.asarray(ours(*args)[0]) - expected.numpy()).max()
-        err = max(err, np.abs(np.asarray(assoc(*args)) - expected.numpy()).max())
-        print(
-            f"  B={batch:4d} T={length:5d}: prm scan {t_ours * 1e3:7.2f} | associative "
-            f"{t_assoc * 1e3:7.2f} ({t_assoc / t_ours:.2f}x slower) | torch loop "
-            f"{t_torch * 1e3:8.2f} ({t_torch / t_ours:.1f}x slower) | max|diff| {err:.1e}"
+        expected = torch_gae(*args_torch, 0.99, 0.95).numpy()
+        err = max(
+            np.abs(np.asarray(ours(*args_jax)[0]) - expected).max(),
+            np.abs(np.asarray(assoc(*args_jax)) - expected).max(),
         )
+        # The torch loop takes long enough to time one call per run; the jitted scans do not.
+        peer = torch_peer("torch loop", functools.partial(torch_gae, *args_torch, 0.99, 0.95))
+        result = interleave(
+            {
+                "prm scan": repeated(functools.partial(ours, *args_jax), args.calls),
+                "associative": repeated(functools.partial(assoc, *args_jax), args.calls),
+                **peer,
+            },
+            rounds=args.rounds,
+            rule=load_rule(args),
+        )
+        peer_name, _ = result.best(list(peer))
+        calls = {"prm scan": args.calls, "associative": args.calls, peer_name: 1}
+        print(f"  B={batch:4d} T={length:5d}: {per_call_figures(result, calls, 'prm scan')} "
+              f"| max|diff| {err:.1e}")  # fmt: skip
 
 
 def naive_entropy(logits, mask):
@@ -89,7 +128,7 @@ def naive_entropy(logits, mask):
     return jnp.where(mask, -jnp.sum(jnp.exp(logp) * logp, axis=-1), 0.0)
 
 
-def bench_entropy():
+def bench_entropy(args):
     batch, length, vocab = 4, 256, 32768
     logits = jax.random.normal(jax.random.key(0), (batch, length, vocab), jnp.bfloat16)
     mask = jnp.ones((batch, length), bool)
@@ -101,20 +140,32 @@ def bench_entropy():
         "prm all at once": token_entropy,
         "prm chunk 128": functools.partial(token_entropy, chunk_size=128),
     }
-    base = None
+    grad_fns, temps = {}, {}
     for name, fn in variants.items():
-        grad_fn = jax.jit(jax.value_and_grad(lambda z, f=fn: f(z, mask).sum()))
-        compiled = grad_fn.lower(logits).compile()
-        temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-        seconds = best_seconds(grad_fn, logits, repeats=3)
-        base = base or (seconds, temp)
-        print(
-            f"  {name:16s}: {seconds * 1e3:7.1f} ms ({seconds / base[0]:.2f}x naive), "
-            f"XLA temp {temp:7.1f} MiB ({temp / base[1]:.2f}x naive)"
-        )
+        grad_fns[name] = jax.jit(jax.value_and_grad(lambda z, f=fn: f(z, mask).sum()))
+        compiled = grad_fns[name].lower(logits).compile()
+        temps[name] = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    result = interleave(
+        {name: functools.partial(fn, logits) for name, fn in grad_fns.items()},
+        rounds=args.rounds,
+        rule=load_rule(args),
+    )
+    base = "naive -Σp·logp"
+    figures = per_call_figures(result, dict.fromkeys(variants, 1), base).split(" | ")
+    for name, text in zip(variants, figures):
+        print(f"  {text}, XLA temp {temps[name]:7.1f} MiB ({temps[name] / temps[base]:.2f}x naive)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=10, help="calls per timed run of a scan")
+    add_load_rule_arguments(parser)
+    args = parser.parse_args()
+    print(jax.devices()[0].platform, jax.__version__, f"load at start {load_average():.2f}")
+    bench_gae(args)
+    bench_entropy(args)
 
 
 if __name__ == "__main__":
-    print(jax.devices()[0].platform, jax.__version__)
-    bench_gae()
-    bench_entropy()
+    main()

@@ -2,22 +2,32 @@
 
 Compares prm's single scatter-add (`jax.ops.segment_sum` over flattened rows) against two
 peers on the same inputs: a compare-select-reduce over a [B, S, T] comparison and a one-hot
-matmul at HIGHEST precision (both O(B·S·T); prm is O(B·T)). Prints the best time per call
-(the minimum over repeats, the figure least disturbed by other processes on a shared machine)
-and each peer's time as a ratio of prm's.
+matmul at HIGHEST precision (both O(B·S·T); prm is O(B·T)). Timing:
+`experiments.benchmarking.interleave` (alternating rounds, each run `--calls` calls, the load
+recorded with every figure); each peer's time per call is printed as a ratio of prm's, or
+refused when the load moved.
 
-    .venv/bin/python -m experiments.bench_step_rewards --batch=64 --tokens=2048 --steps=32
+    python -m experiments.bench_step_rewards --batch=64 --tokens=2048 --steps=128
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarking import best_seconds
+from experiments.benchmarking import (
+    add_load_rule_arguments,
+    figure,
+    format_ratio,
+    interleave,
+    load_average,
+    load_rule,
+    repeated,
+)
 from prm.rewards import implicit
 
 
@@ -40,7 +50,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=20, help="calls per timed run")
+    add_load_rule_arguments(parser)
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -57,15 +69,27 @@ def main() -> None:
     }
     jitted = {name: jax.jit(fn, static_argnums=2) for name, fn in candidates.items()}
     reference = np.asarray(jitted["compare-select-reduce"](rewards, step_id, args.steps))
-    timings = {}
-    for name, fn in jitted.items():
+    for fn in jitted.values():
         np.testing.assert_allclose(fn(rewards, step_id, args.steps), reference, atol=1e-3)
-        timings[name] = best_seconds(fn, rewards, step_id, args.steps, repeats=args.repeats)
+    result = interleave(
+        {
+            name: repeated(functools.partial(fn, rewards, step_id, args.steps), args.calls)
+            for name, fn in jitted.items()
+        },
+        rounds=args.rounds,
+        rule=load_rule(args),
+    )
 
-    print(f"backend={jax.default_backend()} B={args.batch} T={args.tokens} S={args.steps}")
-    base = timings["prm (segment_sum)"]
-    for name, seconds in timings.items():
-        print(f"{name:30s} {seconds * 1e3:9.3f} ms   ratio to prm {seconds / base:6.2f}x")
+    print(
+        f"backend={jax.default_backend()} B={args.batch} T={args.tokens} S={args.steps}, "
+        f"{args.rounds} rounds of {args.calls} calls, load at start {result.loads[0]:.2f}, "
+        f"at end {load_average():.2f}"
+    )
+    ours = result["prm (segment_sum)"]
+    for name, timing in result.timings.items():
+        ratio = format_ratio(result.ratio(timing, ours), result, timing, ours)
+        per_call = f"{timing.seconds / args.calls * 1e3:9.3f} ms"
+        print(figure(f"{name:26s}", timing, f"{per_call}  time / prm's {ratio}"))
 
 
 if __name__ == "__main__":

@@ -210,6 +210,22 @@ def verdict(value: float | None, target: float, *, at_most: bool = False) -> str
     return f"(target {'<=' if at_most else '>='} {target:g}: {'met' if met else 'MISSED'})"
 
 
+def repeated(fn: Callable[[], Any], calls: int) -> Callable[[], Any]:
+    """`fn` called `calls` times per timed run (its last output returned and waited on).
+
+    For sub-millisecond work: /proc/stat counts in 10 ms ticks, so one short call would read
+    the other processes' load coarsely. Divide the timing by `calls` for the time per call.
+    """
+
+    def run() -> Any:
+        out = None
+        for _ in range(calls):
+            out = fn()
+        return out
+
+    return run
+
+
 # The peer's thread counts: on a shared 2-core machine 2-thread torch can collapse when another
 # process takes a core, while 1 thread holds up; the peer's figure is the faster of the two.
 PEER_THREADS = (1, 2)
