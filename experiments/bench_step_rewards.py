@@ -3,8 +3,8 @@
 Compares prm's single scatter-add (`jax.ops.segment_sum` over flattened rows) against two
 peers on the same inputs: a compare-select-reduce over a [B, S, T] comparison and a one-hot
 matmul at HIGHEST precision (both O(B·S·T); prm is O(B·T)). Timing:
-`experiments.benchmarking.interleave` (alternating rounds, each run `--calls` calls, the load
-recorded with every figure); each peer's time per call is printed as a ratio of prm's, or
+`experiments.benchmarking.interleave` (alternating rounds, each run repeating a call for
+~0.1 s, the load recorded with every figure); each peer's time per call is printed as a ratio of prm's, or
 refused when the load moved.
 
     python -m experiments.bench_step_rewards --batch=64 --tokens=2048 --steps=128
@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=20, help="calls per timed run")
     add_load_rule_arguments(parser)
     args = parser.parse_args()
 
@@ -71,25 +70,34 @@ def main() -> None:
     reference = np.asarray(jitted["compare-select-reduce"](rewards, step_id, args.steps))
     for fn in jitted.values():
         np.testing.assert_allclose(fn(rewards, step_id, args.steps), reference, atol=1e-3)
+    cases = {
+        name: repeated(functools.partial(fn, rewards, step_id, args.steps))
+        for name, fn in jitted.items()
+    }
+    calls = {name: count for name, (_, count) in cases.items()}
     result = interleave(
-        {
-            name: repeated(functools.partial(fn, rewards, step_id, args.steps), args.calls)
-            for name, fn in jitted.items()
-        },
-        rounds=args.rounds,
-        rule=load_rule(args),
+        {name: run for name, (run, _) in cases.items()}, rounds=args.rounds, rule=load_rule(args)
     )
 
     print(
         f"backend={jax.default_backend()} B={args.batch} T={args.tokens} S={args.steps}, "
-        f"{args.rounds} rounds of {args.calls} calls, load at start {result.loads[0]:.2f}, "
+        f"{args.rounds} rounds, load at start {result.loads[0]:.2f}, "
         f"at end {load_average():.2f}"
     )
-    ours = result["prm (segment_sum)"]
+    base = "prm (segment_sum)"
     for name, timing in result.timings.items():
-        ratio = format_ratio(result.ratio(timing, ours), result, timing, ours)
-        per_call = f"{timing.seconds / args.calls * 1e3:9.3f} ms"
-        print(figure(f"{name:26s}", timing, f"{per_call}  time / prm's {ratio}"))
+        ratio = result.ratio(timing, result[base])
+        if ratio is not None:
+            ratio *= calls[base] / calls[name]
+        ratio = format_ratio(ratio, result, timing, result[base])
+        per_call = f"{timing.seconds / calls[name] * 1e3:9.3f} ms"
+        print(
+            figure(
+                f"{name:26s}",
+                timing,
+                f"{per_call} ({calls[name]} calls a run)  time / prm's {ratio}",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -210,12 +210,18 @@ def verdict(value: float | None, target: float, *, at_most: bool = False) -> str
     return f"(target {'<=' if at_most else '>='} {target:g}: {'met' if met else 'MISSED'})"
 
 
-def repeated(fn: Callable[[], Any], calls: int) -> Callable[[], Any]:
-    """`fn` called `calls` times per timed run (its last output returned and waited on).
+def repeated(fn: Callable[[], Any], seconds: float = 0.1) -> tuple[Callable[[], Any], int]:
+    """`fn` called often enough per timed run to last about `seconds`, and that call count.
 
     For sub-millisecond work: /proc/stat counts in 10 ms ticks, so one short call would read
-    the other processes' load coarsely. Divide the timing by `calls` for the time per call.
+    the other processes' load coarsely. The count comes from one timed call after a warm-up;
+    the run returns the last call's output (waited on by `interleave`). Divide a timing by the
+    count for the time per call.
     """
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    calls = max(1, math.ceil(seconds / max(time.perf_counter() - start, 1e-9)))
 
     def run() -> Any:
         out = None
@@ -223,7 +229,7 @@ def repeated(fn: Callable[[], Any], calls: int) -> Callable[[], Any]:
             out = fn()
         return out
 
-    return run
+    return run, calls
 
 
 # The peer's thread counts: on a shared 2-core machine 2-thread torch can collapse when another

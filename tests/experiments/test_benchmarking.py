@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,6 +19,7 @@ from experiments.benchmarking import (
     format_ratio,
     interleave,
     load_rule,
+    repeated,
     torch_peer,
     verdict,
 )
@@ -39,6 +41,16 @@ def test_setup_is_untimed_and_feeds_the_case():
     result = interleave({"x": Case(lambda v: seen.append(v), setup=lambda: (len(seen),))}, rounds=2)
     assert seen == [0, 1, 2]  # each run gets fresh arguments from its own setup call
     assert result["x"].seconds < 0.01
+
+
+def test_repeated_calls_a_short_function_enough_times_to_fill_a_run():
+    calls = []
+    run, count = repeated(lambda: calls.append(len(calls)) or len(calls), seconds=0.01)
+    # Two calibration calls (warm-up, timed); an append takes far less than 10 ms.
+    assert len(calls) == 2 and count > 1
+    assert run() == 2 + count and len(calls) == 2 + count  # returns the last call's output
+    slow, slow_count = repeated(lambda: time.sleep(0.02), seconds=0.01)
+    assert slow_count == 1
 
 
 def test_ratio_is_refused_when_the_load_moves_or_others_are_busy():
