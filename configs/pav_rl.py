@@ -40,8 +40,11 @@ matched sampled tokens charges PAV-RL for its Q^μ estimates); whether A^μ carr
 (`progress/nonzero_fraction`, `progress/std`: the paper's distinguishability; near 0 means the
 prover is too weak or too strong on these questions, `prover/value_question` = V^μ(x)); the
 paper's claims to test: PAV-RL above outcome-only RL (alpha=0, RLOO in the same loop) at equal
-steps, and `reward=q` (App. G's Q^μ in place of A^μ) worse than A^μ. Each step samples several
-times Search-R1's tokens (`sampled_tokens/prover` against `sampled_tokens/policy`).
+steps, and `reward=q` (App. G's Q^μ in place of A^μ) worse than A^μ. The prover samples about
+4× the policy's tokens per step (3 measured steps, 2026-12-02: ~2,400 against ~630;
+`sampled_tokens/prover`, `sampled_tokens/policy`), and each step's sampling took ~2-4 s on 2
+shared CPU cores after the first few steps' compilation (policy ~0.5 s of it); A^μ ≠ 0 on
+9-27 % of the steps taken, V^μ(x) 0.13-0.22.
 
 Options: `smoke` (3 steps of 2 questions × 2 trajectories on a tiny world, for tests),
 `steps=<int>`, `seed=<int>`, `alpha=<float>`, `completions=<int>` (N per prefix),

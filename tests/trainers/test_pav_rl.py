@@ -232,7 +232,7 @@ def test_alpha_zero_is_rloo_without_prover_completions(run, monkeypatch):
     assert metrics["prover/completions"] == 0 and "progress/std" not in metrics
 
 
-@pytest.mark.slow  # a few minutes on 2 shared cores
+@pytest.mark.slow  # ~30 s on 2 shared cores (a subprocess: warm start, 3 steps, evaluations)
 def test_smoke_config_runs_as_typed(tmp_path):
     workdir = tmp_path / "pav_rl_smoke"
     train_as_typed("pav_rl.py:smoke", workdir)
