@@ -37,7 +37,7 @@ is the MC estimate from the prover's own completions, exact in expectation and w
 verifier to train, at the price of N completions per prefix (counted in `sampled_tokens`).
 (b) The paper's baseline is a learned token-level value function; here the leave-one-out mean
 of the group's outcomes, as PRIME's outcome term. As in the paper (§1.8, its best prover was the
-SFT model), μ is fixed while π trains, so it soon becomes the weaker policy.
+SFT model), μ stays fixed while π trains, and may end up the weaker policy.
 
 Metrics beyond the world trainers' usual ones: `progress/mean`, `progress/std` and
 `progress/nonzero_fraction` of A^μ over the steps taken, `prover/value_question` (mean V^μ(x)),
