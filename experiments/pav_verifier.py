@@ -91,6 +91,15 @@ def errors(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     }
 
 
+def verifier_value_fn(config, value_model) -> ScalarValueFn:
+    """Q^π from the verifier: its score (MSE fit) or the score's sigmoid (cross-entropy fit)."""
+    return ScalarValueFn(
+        value_model,
+        pad_id=config.warm_start.model.pad_token_id,
+        sigmoid=config.verifier.objective == "cross_entropy",
+    )
+
+
 def evaluate_verifier(
     value_fn, config, env, tokenizer, completer, train_targets: np.ndarray, k: int
 ) -> dict[str, Any]:
@@ -131,7 +140,7 @@ def run_beams(config, model, value_model, env, tokenizer) -> dict[str, Any]:
         max_length=config.rollout.max_length,
         sampling=SamplingParams(temperature=config.policy_temperature),
     )
-    value_fn = ScalarValueFn(value_model, pad_id=config.warm_start.model.pad_token_id)
+    value_fn = verifier_value_fn(config, value_model)
     rankers = {
         "Q_pi only (alpha=0)": (0.0, 1),
         f"PAV mu=pi (alpha={config.beam.alpha})": (config.beam.alpha, 1),
@@ -267,17 +276,17 @@ def main(argv: Sequence[str]) -> None:
     }
     timings["q_targets"], clock = time.time() - clock, time.time()
 
-    # 2. The verifier: a scalar head on a copy of π, regressed onto Q^π.
+    # 2. The verifier: a scalar head on a copy of π, fitted to Q^π (config.verifier.objective).
     value_model = ScalarHeadModel(nnx.clone(model), rngs=nnx.Rngs(config.seed))
     samples = verifier_samples(env, tokenizer, solutions, q_pi)
     v = config.verifier
     losses = fit_value(
         value_model, samples, steps=v.steps, batch_size=v.batch_size,
         learning_rate=v.learning_rate, pad_id=config.warm_start.model.pad_token_id,
-        seed=config.seed,
+        seed=config.seed, objective=v.objective, balanced=v.balanced,
     )  # fmt: skip
     timings["fit_verifier"], clock = time.time() - clock, time.time()
-    value_fn = ScalarValueFn(value_model, pad_id=config.warm_start.model.pad_token_id)
+    value_fn = verifier_value_fn(config, value_model)
     targets = np.array([t for _, t in samples])
     verifier = {
         "samples": len(samples),

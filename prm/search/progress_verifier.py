@@ -6,8 +6,9 @@ prefix of each (`prm.rollouts.progress.prefix_outcomes`). Its prediction at the 
 prefix is Q̂(prefix); the progress of a step is the difference of consecutive predictions
 (Eq. 2), and a Best-of-K prover needs no model of its own: Q^{BoK(π)} = 1 − (1 − Q^π)^K
 (Eq. 30). Here the model is `prm.models.ScalarHeadModel` read by `prm.search.ScalarValueFn`,
-regressed onto the MC targets with `prm.search.self_train.fit_value` (squared error; the
-paper's cross-entropy on soft targets is not offered).
+fitted to the MC targets with `prm.search.self_train.fit_value`: as in the paper by binary
+cross-entropy against the soft targets with class-balanced batches (`objective="cross_entropy"`,
+`balanced=True`, read through `ScalarValueFn(sigmoid=True)`), or by squared error.
 """
 
 from __future__ import annotations

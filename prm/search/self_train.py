@@ -5,7 +5,8 @@ Each iteration searches the training questions with MCTS* in "full" mode, then
   next-token NLL on the sampled step tokens only (prompt and observations are context);
 * value data: (prefix, v_k) for every node of a tree with a verified answer
   (`SearchTree.value_targets`), trained with MSE of the value model's last-token score:
-      L_V = mean_i (V_θ(p_i) − v_i)².
+      L_V = mean_i (V_θ(p_i) − v_i)²
+  (`fit_value` also fits by cross-entropy against soft targets, for PAV's Q-models).
 `fit_policy` and `fit_value` run plain Adam on fixed-shape batches (one compile per fit); the
 loop that alternates search and fits is experiments/rest_mcts.py.
 """
@@ -13,6 +14,7 @@ loop that alternates search and fits is experiments/rest_mcts.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -140,12 +142,37 @@ def fit_policy(
     return _fit(model, lambda m, b: next_token_loss(m, b)[0], batches, steps, learning_rate)
 
 
-def value_loss(model: ScalarHeadModel, batch: dict[str, jax.Array]) -> jax.Array:
-    """mean_b (V_θ(prefix_b) − target_b)², V_θ read at each prefix's last token."""
+VALUE_OBJECTIVES = ("squared", "cross_entropy")
+
+
+def value_loss(
+    model: ScalarHeadModel, batch: dict[str, jax.Array], objective: str = "squared"
+) -> jax.Array:
+    """The value model's loss at each prefix's last-token score s_b against its target v_b ∈ [0, 1].
+
+    squared:        mean_b (s_b − v_b)²  (ReST-MCTS*'s value regression; the score is the value)
+    cross_entropy:  mean_b −[v_b·log σ(s_b) + (1 − v_b)·log(1 − σ(s_b))] = softplus(s_b) − v_b·s_b,
+                    binary cross-entropy against a soft target (PAV §4.2 trains its Q-model this
+                    way on MC estimates; the value is σ(s), `ScalarValueFn(sigmoid=True)`).
+    """
     scores = model(batch["tokens"], batch["input_mask"])
     last = jnp.sum(batch["input_mask"], axis=1) - 1
     predicted = scores[jnp.arange(scores.shape[0]), last]
-    return jnp.mean(jnp.square(predicted - batch["targets"]))
+    if objective == "squared":
+        return jnp.mean(jnp.square(predicted - batch["targets"]))
+    if objective == "cross_entropy":
+        return jnp.mean(jax.nn.softplus(predicted) - batch["targets"] * predicted)
+    raise ValueError(f"Unknown value objective {objective!r}; use one of {VALUE_OBJECTIVES}.")
+
+
+def balanced_indices(targets: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A batch drawn half from targets < 0.5 and half from targets ≥ 0.5 (PAV §4.2's two buckets,
+    sampled class-balanced); uniform over all when one bucket is empty."""
+    low, high = np.flatnonzero(targets < 0.5), np.flatnonzero(targets >= 0.5)
+    if low.size == 0 or high.size == 0:
+        return rng.integers(0, targets.size, batch_size)
+    half = batch_size // 2
+    return np.concatenate([rng.choice(low, batch_size - half), rng.choice(high, half)])
 
 
 def fit_value(
@@ -157,19 +184,32 @@ def fit_value(
     learning_rate: float,
     pad_id: int,
     seed: int = 0,
+    objective: str = "squared",
+    balanced: bool = False,
 ) -> list[float]:
-    """MSE regression of the value model onto (prefix, v) samples; returns the losses."""
+    """Fits the value model to (prefix, v) samples by `value_loss(objective)`; returns the losses.
+
+    balanced: draw each batch half from samples with v < 0.5 and half from v ≥ 0.5.
+    """
     if not samples:
         raise ValueError("fit_value() got no samples; no searched tree had a verified answer.")
+    if objective not in VALUE_OBJECTIVES:
+        raise ValueError(f"Unknown value objective {objective!r}; use one of {VALUE_OBJECTIVES}.")
     width = _bucket(max(len(c) for c, _ in samples))
     rng = np.random.default_rng(seed)
+    targets = np.asarray([v for _, v in samples], np.float32)
 
     def batches(step):
-        pick = [samples[i] for i in rng.integers(0, len(samples), batch_size)]
+        if balanced:
+            indices = balanced_indices(targets, batch_size, rng)
+        else:
+            indices = rng.integers(0, len(samples), batch_size)
+        pick = [samples[i] for i in indices]
         return {
             "tokens": _pad([c for c, _ in pick], width, np.int32(pad_id)),
             "input_mask": _pad([[True] * len(c) for c, _ in pick], width, np.bool_(False)),
-            "targets": np.asarray([v for _, v in pick], np.float32),
+            "targets": targets[indices],
         }
 
-    return _fit(model, value_loss, batches, steps, learning_rate)
+    loss = functools.partial(value_loss, objective=objective)
+    return _fit(model, loss, batches, steps, learning_rate)

@@ -42,15 +42,17 @@ def pad_contexts(contexts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.nda
 
 
 class ScalarValueFn:
-    """value_fn(contexts) -> float [len(contexts)]: the head's score at each last token.
+    """value_fn(contexts) -> float [len(contexts)]: the head's score at each last token (its
+    sigmoid with `sigmoid=True`, for a head fitted by cross-entropy).
 
     The model's current parameters are read at every call, so training between searches is
     seen by the next one.
     """
 
-    def __init__(self, model: ScalarHeadModel, pad_id: int = 0):
+    def __init__(self, model: ScalarHeadModel, pad_id: int = 0, sigmoid: bool = False):
         self.model = model
         self.pad_id = pad_id
+        self.sigmoid = sigmoid  # for a head trained by cross-entropy: the value is σ(score)
 
     def __call__(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
         ids, mask = pad_contexts(contexts, self.pad_id)
@@ -59,4 +61,5 @@ class ScalarValueFn:
         scores = _last_token_scores(
             graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(last)
         )
-        return np.asarray(scores)[: len(contexts)]
+        scores = np.asarray(scores)[: len(contexts)]
+        return 1.0 / (1.0 + np.exp(-scores.astype(np.float64))) if self.sigmoid else scores
