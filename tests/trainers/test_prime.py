@@ -289,3 +289,26 @@ def test_smoke_config_runs_as_typed(tmp_path):
         train_records = [r for r in map(json.loads, f) if "filter/kept_groups" in r]
     assert len(train_records) == 3
     assert train_records[0]["prm/ce_before"] == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_paper_scale_config_trains_policy_and_prm_in_full_and_fits_on_8xh200():
+    from prm.training.memory_plan import memory_plan  # noqa: PLC0415
+
+    config = get_config("model=qwen2.5-7b,init_from=/models/qwen2.5-7b")
+    assert config.trainer == "prime" and config.lora.rank == 0 and config.reference == "copy"
+    assert config.optim.lr == 5e-7 and config.parts.prm.lr == 1e-6  # notes §3.5
+    assert (config.data.batch_size, config.rollout.group_size) == (256, 4)
+    assert config.rollout.accuracy_band == (0.2, 0.8) and config.updates.num_mini_batches == 4
+    assert config.policy_loss.kl_coef == 0.0 and "judge" not in config
+    assert not rloo_config("model=qwen2.5-7b").parts  # the baseline has no PRM
+    plan = memory_plan(config)
+    # Qwen2.5-7B has 7,615,616,512 parameters (V·d embedding and untied head, 28 layers of q/k/v
+    # with biases, o, gate/up/down, two norms; a final norm). Policy and PRM are trained, the
+    # reference is frozen, all bf16 and sharded over fsdp = 8 (a few bias/norm vectors are
+    # replicated, hence the tolerance).
+    n = 152064 * 3584 * 2 + 28 * (3584 * 3584 * 2 + 3584 + 2 * (3584 * 512 + 512)
+                                  + 3 * 3584 * 18944 + 2 * 3584) + 3584  # fmt: skip
+    assert n == 7_615_616_512
+    assert plan.trainable == pytest.approx(2 * n * 2 / 8, rel=1e-3)
+    assert plan.frozen == pytest.approx(n * 2 / 8, rel=1e-3)
+    assert plan.rollout_rows == 256 * 4 // 8 and plan.fits  # rows of the rollout per device
