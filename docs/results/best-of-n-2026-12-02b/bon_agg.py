@@ -1,21 +1,37 @@
-"""Mean ± sample std over seeds of experiments.best_of_n_compare's summary.json files."""
-import json, sys, statistics as S
-paths = sys.argv[1:]
-runs = [json.load(open(p)) for p in paths]
-table = [r["table"] for r in runs]
-def fmt(xs):
-    return f"{S.mean(xs):.3f} ± {S.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
-first = table[0]
-if isinstance(first, dict):
-    methods = list(first)
-    ns = list(first[methods[0]])
+"""Mean ± sample std over seeds of experiments.best_of_n_compare's summary.json files.
+
+    python bon_agg.py seed0/summary.json seed1/summary.json seed2/summary.json
+"""
+
+import json
+import pathlib
+import statistics
+import sys
+
+
+def fmt(values):
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(paths):
+    runs = [json.loads(pathlib.Path(path).read_text()) for path in paths]
+    tables = [run["table"] for run in runs]
+    methods = list(tables[0])
+    ns = list(tables[0][methods[0]])
     print("| method | " + " | ".join(f"N={n}" for n in ns) + " |")
     print("|---|" + "---:|" * len(ns))
-    for m in methods:
-        print(f"| {m} | " + " | ".join(fmt([t[m][n] for t in table]) for n in ns) + " |")
-else:
-    print(json.dumps(first)[:500])
-for key in ("implicit_labels", "math_shepherd_labels", "heldout", "timings_s"):
-    vals = {k: [r[key][k] for r in runs] for k, v in runs[0][key].items() if isinstance(v, (int, float))}
-    print(key, {k: fmt(v) for k, v in vals.items()})
-print("training", {k: fmt([r["training"][k][i] for r in runs]) for k in ("implicit_ce_first_last", "math_shepherd_ce_first_last") for i in (1,)})
+    for method in methods:
+        cells = " | ".join(fmt([table[method][n] for table in tables]) for n in ns)
+        print(f"| {method} | {cells} |")
+    for key in ("implicit_labels", "math_shepherd_labels", "heldout", "timings_s"):
+        numbers = [k for k, v in runs[0][key].items() if isinstance(v, (int, float))]
+        print(key, {k: fmt([run[key][k] for run in runs]) for k in numbers})
+    last = {k: fmt([run["training"][k][1] for run in runs])
+            for k in ("implicit_ce_first_last", "math_shepherd_ce_first_last")}  # fmt: skip
+    print("training (last loss)", last)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
