@@ -1,6 +1,6 @@
 """Mean ± sample std over seeds of experiments.best_of_n_compare's summary.json files.
 
-    python bon_agg.py seed0/summary.json seed1/summary.json seed2/summary.json
+python bon_agg.py seed0/summary.json seed1/summary.json seed2/summary.json
 """
 
 import json
