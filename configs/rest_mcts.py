@@ -13,8 +13,22 @@ mode on the training problems, SFTs the policy on verified traces and regresses 
 searched trees' value targets. After each iteration: greedy accuracy, MCTS* accuracy and, at
 equal generated tokens, best-of-N (V_θ as verifier) and self-consistency (majority answer).
 
+Each fit runs `epochs` passes over its data (ceil(epochs · examples / batch) Adam steps; the paper
+trains 2-3 epochs): a fixed step count on a handful of traces overfits the policy and collapses it
+(docs/RESULTS.md, the first runs used 60 policy and 100 value steps: `policy_steps=60,value_steps=100`).
+`traces=sampling` is the paper's ReST^EM baseline: the policy data are the verified ones among
+`samples` temperature samples per training problem (no search, no value update), for the
+trace-quality and self-training comparison of ReST-MCTS* §4.
+
+What a default run should show: MCTS* traces more often process-correct than sampled ones
+(`trace_process_correct`), and greedy accuracy after self-training at least that of ReST^EM.
+
 Options: `smoke` (seconds; the chain SFT smoke warm start), `iterations=<int>`, `seed=<int>`,
-`train=<int>` and `test=<int>` (problems searched per iteration and evaluated).
+`train=<int>` and `test=<int>` (problems searched per iteration and evaluated),
+`traces=mcts|sampling`, `samples=<int>` (ReST^EM samples per problem), `epochs=<float>`,
+`policy_steps=<int>` and `value_steps=<int>` (fixed step counts instead of epochs; 0 = epochs).
+
+    python -m experiments.rest_mcts --config=configs/rest_mcts.py:traces=sampling --workdir=/tmp/rest_em
 """
 
 from __future__ import annotations
@@ -24,9 +38,14 @@ import ml_collections
 from configs import chain_sft
 from configs.common import parse_arg
 
+TRACE_SOURCES = ("mcts", "sampling")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, smoke=False, iterations=2, seed=0, train=24, test=32)
+    opts = parse_arg(arg, smoke=False, iterations=2, seed=0, train=24, test=32, traces="mcts",
+                     samples=16, epochs=3.0, policy_steps=0, value_steps=0)  # fmt: skip
+    if opts.traces not in TRACE_SOURCES:
+        raise ValueError(f"traces={opts.traces!r}: use one of {', '.join(TRACE_SOURCES)}.")
     c = ml_collections.ConfigDict(
         {
             "seed": opts.seed,
@@ -56,8 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             },
             "self_train": {
                 "iterations": opts.iterations,
-                "policy_steps": 60,
-                "value_steps": 100,
+                "traces": opts.traces,
+                "samples_per_problem": opts.samples,
+                "epochs": opts.epochs,
+                "policy_steps": opts.policy_steps,  # 0: ceil(epochs * traces / batch_size)
+                "value_steps": opts.value_steps,  # 0: ceil(epochs * samples / batch_size)
                 "batch_size": 16,
                 "policy_lr": 1e-3,
                 "value_lr": 1e-3,
@@ -70,5 +92,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.problems.update({"train": 2, "test": 2})
         c.value_warm_start.update({"problems": 2, "steps": 3})
         c.mcts.iterations = 2
-        c.self_train.update({"iterations": 1, "policy_steps": 2, "value_steps": 2, "batch_size": 2})
+        c.self_train.update({"iterations": 1, "batch_size": 2, "samples_per_problem": 2})
     return c

@@ -10,6 +10,8 @@ Steps (configs/rest_mcts.py says what each block sets):
    merged from several noisy solutions per problem (`tree_from_solutions`, the paper's D_V0);
 3. per self-training iteration: MCTS* in full mode on the training problems (all trees in one
    batched search), policy SFT on verified traces, V regression on the trees' value targets;
+   with `self_train.traces = "sampling"` the policy data are instead the verified ones among
+   temperature samples and V stays V_0 (ReST^EM, the paper's baseline);
 4. evaluation before training and after each iteration, on held-out problems: greedy accuracy;
    MCTS* (evaluation mode) accuracy and generated tokens per question; best-of-N with V_θ as the
    verifier and self-consistency (majority answer) with N chosen so their generated tokens match
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import pathlib
 import time
 
@@ -45,6 +48,7 @@ from prm.rollouts import RolloutConfig, rollout
 from prm.sampling import Sampler, SamplingParams
 from prm.search import EngineConfig, MCTSConfig, ScalarValueFn, TreeEngine, mcts_star
 from prm.search.self_train import (
+    Trace,
     collect_training_data,
     fit_policy,
     fit_value,
@@ -101,6 +105,39 @@ def search(policy, value_model, env, tokenizer, problems, config, *, full: bool,
     return trees, engine
 
 
+def sample(policy, env, tokenizer, problems, config, n: int, key):
+    """n episodes per problem at the search temperature (rows problem-major)."""
+    rollout_config = RolloutConfig(
+        max_step_tokens=config.engine.max_step_tokens,
+        max_length=config.engine.max_length,
+        sampling=SamplingParams(temperature=config.engine.temperature),
+        group_size=n,
+    )
+    return rollout(Sampler(policy), env, tokenizer, problems, rollout_config, key=key)
+
+
+def sampled_traces(policy, env, tokenizer, problems, config, key) -> tuple[list[Trace], float]:
+    """ReST^EM's policy data: the distinct verified solutions among `samples_per_problem`
+    samples per problem, and the fraction of them whose every step is truly correct."""
+    n, correct = config.self_train.samples_per_problem, config.self_train.correct_reward
+    batch = sample(policy, env, tokenizer, problems, config, n, key)
+    traces: dict[tuple[int, ...], Trace] = {}
+    process_correct = []
+    for row in np.flatnonzero(batch.reward >= correct):
+        length = int(batch.input_mask[row].sum())
+        tokens = tuple(batch.tokens[row, :length].tolist())
+        if tokens not in traces:
+            traces[tokens] = Trace(tokens, tuple(batch.loss_mask[row, :length].tolist()))
+            steps = [result.step_text for result in batch.steps[row]]
+            process_correct.append(all(step_correctness(problems[row // n], steps)))
+    return list(traces.values()), float(np.mean(process_correct)) if traces else float("nan")
+
+
+def fit_steps(fixed: int, examples: int, batch_size: int, epochs: float) -> int:
+    """`fixed` Adam steps if set, else `epochs` passes: ceil(epochs · examples / batch_size)."""
+    return fixed or max(1, math.ceil(epochs * examples / batch_size))
+
+
 def evaluate(policy, value_model, env, tokenizer, problems, config, key) -> dict[str, float]:
     correct = config.self_train.correct_reward
     rollout_config = RolloutConfig(
@@ -122,19 +159,7 @@ def evaluate(policy, value_model, env, tokenizer, problems, config, key) -> dict
     }
     if config.compare:
         n = max(1, round(results["mcts_tokens"] / max(greedy_tokens, 1.0)))
-        sampled = rollout(
-            Sampler(policy),
-            env,
-            tokenizer,
-            problems,
-            RolloutConfig(
-                max_step_tokens=config.engine.max_step_tokens,
-                max_length=config.engine.max_length,
-                sampling=SamplingParams(temperature=config.engine.temperature),
-                group_size=n,
-            ),
-            key=jax.random.fold_in(key, 1),
-        )
+        sampled = sample(policy, env, tokenizer, problems, config, n, jax.random.fold_in(key, 1))
         lengths = sampled.input_mask.sum(axis=1)
         scores = ScalarValueFn(value_model, pad_id=config.warm_start.model.pad_token_id)(
             [row[:length].tolist() for row, length in zip(sampled.tokens, lengths)]
@@ -192,32 +217,37 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> list[dict]:
     record(0, {"value_warm_start_mse": value_warm[-1]})
     st = config.self_train
     for iteration in range(1, st.iterations + 1):
-        trees, engine = search(
-            policy,
-            value_model,
-            env,
-            tokenizer,
-            train,
-            config,
-            full=True,
-            key=jax.random.fold_in(key, iteration),
-        )
-        traces, samples = collect_training_data(trees, st.correct_reward)
-        extra = {
-            "traces": len(traces),
-            "value_samples": len(samples),
-            "trace_process_correct": process_correct_fraction(trees, st.correct_reward),
-            "search_peak_cache_mb": engine.stats["peak_cache_bytes"] / 2**20,
-        }
+        iteration_key = jax.random.fold_in(key, iteration)
+        if st.traces == "sampling":
+            traces, process_correct = sampled_traces(
+                policy, env, tokenizer, train, config, iteration_key
+            )
+            samples = []  # ReST^EM has no value model: V stays V_0
+            extra = {"traces": len(traces), "trace_process_correct": process_correct}
+        else:
+            trees, engine = search(
+                policy, value_model, env, tokenizer, train, config, full=True, key=iteration_key
+            )
+            traces, samples = collect_training_data(trees, st.correct_reward)
+            extra = {
+                "traces": len(traces),
+                "value_samples": len(samples),
+                "trace_process_correct": process_correct_fraction(trees, st.correct_reward),
+                "search_peak_cache_mb": engine.stats["peak_cache_bytes"] / 2**20,
+            }
         pad = config.warm_start.model.pad_token_id
         if traces:
+            steps = fit_steps(st.policy_steps, len(traces), st.batch_size, st.epochs)
+            extra["policy_steps"] = steps
             extra["policy_nll"] = fit_policy(
-                policy, traces, steps=st.policy_steps, batch_size=st.batch_size,
+                policy, traces, steps=steps, batch_size=st.batch_size,
                 learning_rate=st.policy_lr, pad_id=pad, seed=iteration,
             )[-1]  # fmt: skip
         if samples:
+            steps = fit_steps(st.value_steps, len(samples), st.batch_size, st.epochs)
+            extra["value_steps"] = steps
             extra["value_mse"] = fit_value(
-                value_model, samples, steps=st.value_steps, batch_size=st.batch_size,
+                value_model, samples, steps=steps, batch_size=st.batch_size,
                 learning_rate=st.value_lr, pad_id=pad, seed=iteration,
             )[-1]  # fmt: skip
         record(iteration, extra)

@@ -7,7 +7,8 @@ r"""A step-level PRM trained on Math-Shepherd labels of chain arithmetic, and ho
 
 From the rows of `experiments/collect.py`'s `steps.jsonl` it fits one scalar-head model per label
 kind (`config.label_kinds`), each a `prm.models.ScalarHeadModel` on a copy of the chain SFT warm
-start's trunk, by MSE of the score at a prefix's last token (`prm.search.self_train.fit_value`):
+start's trunk, on the score at a prefix's last token (`prm.search.self_train.fit_value`; MSE, or
+balanced cross-entropy with the value read as σ(score), `config.train.objective`):
 
     hard     y_t = 1[MC(x_{1:t}) > 0]         Math-Shepherd's hard estimation (Eq. 3)
     soft     y_t = MC(x_{1:t})                its soft estimation (Eq. 4)
@@ -104,7 +105,7 @@ def step_scores(
 
 def fit_verifier(policy, tokenizer, rows, kind: str, config) -> tuple[ScalarHeadModel, float]:
     """A scalar head on a copy of the policy's trunk, fitted to `kind` samples; (model, the
-    mean MSE over the last 10% of steps)."""
+    mean training loss over the last 10% of steps)."""
     samples = [
         (tokenizer.encode(text, add_special_tokens=False), y)
         for text, y in prefix_samples(rows, kind)
@@ -113,7 +114,8 @@ def fit_verifier(policy, tokenizer, rows, kind: str, config) -> tuple[ScalarHead
     t = config.train
     losses = fit_value(
         model, samples, steps=t.steps, batch_size=t.batch_size, learning_rate=t.lr,
-        pad_id=config.warm_start.model.pad_token_id, seed=config.seed,
+        pad_id=config.warm_start.model.pad_token_id, seed=config.seed, objective=t.objective,
+        balanced=t.balanced,
     )  # fmt: skip
     return model, float(np.mean(losses[-max(len(losses) // 10, 1) :]))
 
@@ -151,15 +153,18 @@ def run(config: ml_collections.ConfigDict, labels: str, workdir: str | None) -> 
     }
     scores = {}
     for kind in config.label_kinds:
-        model, train_mse = fit_verifier(policy, tokenizer, rows, kind, config)
-        values, mask = step_scores(
-            ScalarValueFn(model, pad_id=config.warm_start.model.pad_token_id), tokenizer, solutions
+        model, train_loss = fit_verifier(policy, tokenizer, rows, kind, config)
+        value_fn = ScalarValueFn(
+            model,
+            pad_id=config.warm_start.model.pad_token_id,
+            sigmoid=config.train.objective == "cross_entropy",
         )
+        values, mask = step_scores(value_fn, tokenizer, solutions)
         aggregated = candidate_scores(values, mask)
         for name in ("min", "last"):
             scores[f"{kind}_{name}"] = aggregated[name].reshape(-1, e.n)
         results["models"][kind] = {
-            "train_mse_last_10pct": train_mse,
+            f"train_{config.train.objective}_last_10pct": train_loss,
             "step_classification": label_accuracy(values[mask] >= 0.5, truth),
         }
         print(kind, json.dumps(results["models"][kind]), flush=True)

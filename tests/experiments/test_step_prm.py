@@ -61,8 +61,17 @@ def test_step_scores_reads_every_prefix_in_order():
     np.testing.assert_array_equal(mask, [[True, True], [True, False]])
 
 
+def test_config_loss_option():
+    assert get_config().train.objective == "squared" and not get_config().train.balanced
+    config = get_config("loss=cross_entropy")
+    assert config.train.objective == "cross_entropy" and config.train.balanced
+    with pytest.raises(ValueError, match="loss='hinge': use one of squared, cross_entropy"):
+        get_config("loss=hinge")
+
+
 @pytest.mark.slow
-def test_smoke_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
+def test_smoke_run(tmp_path, monkeypatch, loss):
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     problem = chain.generate_problems(1, seed=0)[0]
     steps = list(problem.gold_steps())
@@ -76,8 +85,10 @@ def test_smoke_run(tmp_path, monkeypatch):
     }
     labels = tmp_path / "steps.jsonl"
     labels.write_text(json.dumps(row) + "\n")
-    results = step_prm.run(get_config("smoke"), str(labels), str(tmp_path / "run"))
+    results = step_prm.run(get_config(f"smoke,loss={loss}"), str(labels), str(tmp_path / "run"))
     assert set(results["models"]) == set(step_prm.LABEL_KINDS)
+    for model in results["models"].values():
+        assert np.isfinite(model[f"train_{loss}_last_10pct"])
     assert set(results["best_of_n"]["majority"]) == {1, 2}
     stored = json.loads((tmp_path / "run" / "results.json").read_text())
     assert stored["candidates_per_problem"] == 2
