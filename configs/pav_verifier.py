@@ -38,7 +38,9 @@ compute-efficient). Online RL with dense PAV rewards is not part of this run.
 
 Options: `smoke` (a 4-step warm start, 2 problems, a few fit steps; for tests), `seed=<int>`,
 `train_problems=<int>`, `eval_problems=<int>`, `beam_problems=<int>`, `verifier_steps=<int>`,
-`verifier_loss=cross_entropy|squared`, `alpha=<float>`.
+`verifier_loss=cross_entropy|squared`, `alpha=<float>`, `min_ops=<int>` and `max_ops=<int>` (the
+problems' operations; default 4-6), `sft_steps=<int>` (the warm start's SFT steps; default 300, a
+different value trains and caches another warm start).
 """
 
 from __future__ import annotations
@@ -60,12 +62,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         verifier_steps=300,
         verifier_loss="cross_entropy",
         alpha=0.5,
+        min_ops=4,
+        max_ops=6,
+        sft_steps=300,
     )
     c = ml_collections.ConfigDict()
     c.seed = opts.seed
-    c.warm_start = chain_sft.get_config("smoke" if opts.smoke else None)
-    # Problems: the SFT policy's range (2-6 operations), the longer half where it errs more.
-    c.problems = ml_collections.ConfigDict({"min_ops": 4, "max_ops": 6, "operators": "+-*"})
+    c.warm_start = chain_sft.get_config("smoke" if opts.smoke else f"steps={opts.sft_steps}")
+    # Problems: within the SFT policy's range (2-6 operations); by default the longer half,
+    # where it errs more.
+    c.problems = ml_collections.ConfigDict(
+        {"min_ops": opts.min_ops, "max_ops": opts.max_ops, "operators": "+-*"}
+    )
     c.rollout = ml_collections.ConfigDict(
         {"max_step_tokens": 16, "max_length": 128, "max_extra_steps": 2}
     )
