@@ -1,6 +1,10 @@
 """The ReST-MCTS* experiment runs end to end on its smoke config and writes its records."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -10,6 +14,8 @@ from configs.rest_mcts import get_config
 from experiments import rest_mcts
 from experiments.rest_mcts import fit_steps, run, sampled_traces
 from prm.envs.chain_arithmetic import ChainConfig, generate_problems, noisy_expert_steps
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -61,9 +67,18 @@ def test_sampled_traces_keep_distinct_verified_rows_and_rate_their_steps(monkeyp
 
 
 @pytest.mark.slow
-def test_smoke_run_with_sampled_traces(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
-    records = run(get_config("smoke,traces=sampling"), None)
+def test_rest_em_runs_as_typed(tmp_path):
+    # README: `python -m experiments.rest_mcts --config=configs/rest_mcts.py:traces=sampling
+    # --workdir=...`, here with the smoke option and a workdir relative to the repo root.
+    workdir = os.path.relpath(tmp_path / "run", ROOT)
+    command = [
+        sys.executable, "-m", "experiments.rest_mcts",
+        "--config=configs/rest_mcts.py:smoke,traces=sampling", f"--workdir={workdir}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PRM_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "run" / "results.json").read_text())["records"]
     assert [r["iteration"] for r in records] == [0, 1]
     assert "value_mse" not in records[1]  # ReST^EM trains no value model
     assert records[1]["traces"] >= 0
