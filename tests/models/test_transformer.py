@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from prm.models import KVCache, ModelConfig, Transformer
-from prm.models.transformer import grouped_attention
+from prm.models.transformer import attention_dot_dtype, grouped_attention
 from prm.training.lora import apply_lora
 from prm.training.optim import trainable_filter
 from tests.helpers.tiny_models import FAMILIES, tiny_config
@@ -217,6 +217,31 @@ def test_grouped_attention_matches_dot_product_attention():
     group = heads // kv_heads
     for h in range(heads):
         np.testing.assert_allclose(out[0, 1, h], values[0, h // group].mean(0), atol=1e-6)
+
+
+def test_low_precision_attention_dots_run_in_float32_on_cpu():
+    # XLA:CPU's batched bf16 dots are slow; on CPU a bf16 model's attention is the float32
+    # computation of its bf16 inputs, rounded once at the end.
+    assert jax.default_backend() == "cpu"
+    assert attention_dot_dtype(jnp.bfloat16) == jnp.float32
+    assert attention_dot_dtype(jnp.float16) == jnp.float32
+    assert attention_dot_dtype(jnp.float32) == jnp.float32
+    rng = np.random.default_rng(12)
+    q, keys, values = (
+        jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+        for shape in ((2, 3, 4, 8), (2, 2, 5, 8), (2, 2, 5, 8))
+    )
+    mask = jnp.asarray(rng.random((2, 3, 5)) < 0.7)
+    out = jax.jit(grouped_attention)(q, keys, values, mask)
+    assert out.dtype == jnp.bfloat16
+    exact = grouped_attention(*(x.astype(jnp.float32) for x in (q, keys, values)), mask)
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float32), np.asarray(exact.astype(jnp.bfloat16), np.float32)
+    )
+    # The dots of the jitted program are float32.
+    jaxpr = jax.make_jaxpr(grouped_attention)(q, keys, values, mask)
+    dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 2 and all(v.aval.dtype == jnp.float32 for e in dots for v in e.invars)
 
 
 def test_window_attends_the_leading_slots_only(model):
