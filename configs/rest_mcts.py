@@ -14,8 +14,10 @@ searched trees' value targets. After each iteration: greedy accuracy, MCTS* accu
 equal generated tokens, best-of-N (V_θ as verifier) and self-consistency (majority answer).
 
 Each fit runs `epochs` passes over its data (ceil(epochs · examples / batch) Adam steps; the paper
-trains 2-3 epochs): a fixed step count on a handful of traces overfits the policy and collapses it
-(docs/RESULTS.md, the first runs used 60 policy and 100 value steps: `policy_steps=60,value_steps=100`).
+trains 2-3 epochs), and the policy fine-tunes at `policy_lr` = 1e-4, a thirtieth of its SFT rate
+(the paper's 3e-6 to 2e-5 for 7B models): the first runs (24 training problems, 60 policy steps
+at 1e-3: `train=24,test=32,policy_steps=60,value_steps=100,policy_lr=0.001`) collapsed the policy
+after one iteration, and at 1e-3 even 8 steps do (docs/RESULTS.md).
 `traces=sampling` is the paper's ReST^EM baseline: the policy data are the verified ones among
 `samples` temperature samples per training problem (no search, no value update), for the
 trace-quality and self-training comparison of ReST-MCTS* §4.
@@ -26,7 +28,8 @@ What a default run should show: MCTS* traces more often process-correct than sam
 Options: `smoke` (seconds; the chain SFT smoke warm start), `iterations=<int>`, `seed=<int>`,
 `train=<int>` and `test=<int>` (problems searched per iteration and evaluated),
 `traces=mcts|sampling`, `samples=<int>` (ReST^EM samples per problem), `epochs=<float>`,
-`policy_steps=<int>` and `value_steps=<int>` (fixed step counts instead of epochs; 0 = epochs).
+`policy_steps=<int>` and `value_steps=<int>` (fixed step counts instead of epochs; 0 = epochs),
+`policy_lr=<float>`.
 
     python -m experiments.rest_mcts --config=configs/rest_mcts.py:traces=sampling --workdir=/tmp/rest_em
 """
@@ -42,8 +45,9 @@ TRACE_SOURCES = ("mcts", "sampling")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, smoke=False, iterations=2, seed=0, train=24, test=32, traces="mcts",
-                     samples=16, epochs=3.0, policy_steps=0, value_steps=0)  # fmt: skip
+    opts = parse_arg(arg, smoke=False, iterations=2, seed=0, train=96, test=64, traces="mcts",
+                     samples=16, epochs=3.0, policy_steps=0, value_steps=0,
+                     policy_lr=1e-4)  # fmt: skip
     if opts.traces not in TRACE_SOURCES:
         raise ValueError(f"traces={opts.traces!r}: use one of {', '.join(TRACE_SOURCES)}.")
     c = ml_collections.ConfigDict(
@@ -81,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 "policy_steps": opts.policy_steps,  # 0: ceil(epochs * traces / batch_size)
                 "value_steps": opts.value_steps,  # 0: ceil(epochs * samples / batch_size)
                 "batch_size": 16,
-                "policy_lr": 1e-3,
+                "policy_lr": opts.policy_lr,
                 "value_lr": 1e-3,
                 "correct_reward": 1.0,
             },

@@ -21,3 +21,11 @@ def test_trace_source_and_fit_length_options():
     assert get_config("policy_steps=60").self_train.policy_steps == 60
     with pytest.raises(ValueError, match="traces='beam': use one of mcts, sampling"):
         get_config("traces=beam")
+
+
+def test_self_training_defaults_do_not_collapse_the_policy():
+    # docs/RESULTS.md: 96 training problems, epochs, and a fine-tuning rate well below SFT's.
+    config = get_config()
+    assert (config.problems.train, config.problems.test) == (96, 64)
+    assert config.self_train.policy_lr == 1e-4 < config.warm_start.optim.lr
+    assert get_config("policy_lr=0.001").self_train.policy_lr == 1e-3
