@@ -9,8 +9,9 @@ same policy that samples the held-out candidates), one per label kind, each fitt
 here first did) or by binary cross-entropy against the labels with class-balanced batches
 (`loss=cross_entropy`: half the batch from labels < 0.5, half from ≥ 0.5; the score read as
 σ(s)), which keeps a verifier from predicting the majority class when most steps are wrong (the
-SFT policy's own labels: 87 % of its steps are wrong). Evaluation: `eval.problems` test-split problems of 2-6 operations,
-`eval.n` candidates each at temperature 1 (the policy as collect.py samples it).
+SFT policy's own labels: 87 % of its steps are wrong). Evaluation: `eval.problems` test-split
+problems of 2-6 operations, `eval.n` candidates each at temperature 1 (the policy as collect.py
+samples it).
 
 Options: `smoke` (seconds; the chain SFT smoke warm start), `seed=<int>`, `steps=<int>`,
 `problems=<int>`, `n=<int>`, `loss=squared|cross_entropy`.
